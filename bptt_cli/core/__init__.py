@@ -1,0 +1,1 @@
+"""The problem-independent machinery: gradient flows, optimizers, training and the runner."""

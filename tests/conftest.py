@@ -1,0 +1,17 @@
+"""Strict defaults for the whole suite: CPU only, float32 unless a test asks for float64."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with float64 enabled (gradient checks)."""
+    with jax.enable_x64(True):
+        yield
