@@ -1,0 +1,306 @@
+"""Experiment definitions: load a TOML file, apply a scale and overrides, validate, and expand
+into one frozen ``RunSpec`` per configuration (every seed of a configuration is one run).
+
+Every check a user can trip lives here and raises ``UserError`` with a one-line message that
+names the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bptt_cli.core.flows import canonical as canonical_flow
+from bptt_cli.core.optim import OPTIMIZERS, Clip
+
+BUILTIN_PACKAGE = "bptt_cli.experiments"
+
+# Keys of the [train] and [grid] tables, with the type their values must have.
+TRAIN_KEYS: dict[str, type] = {
+    "epochs": int,
+    "seeds": int,
+    "seed": int,
+    "data_seed": int,
+    "n_data": int,
+    "batch_size": int,
+    "optimizer": str,
+    "learning_rate": float,
+    "clip_value": float,
+    "clip_norm": float,
+}
+GRID_KEYS = ("levels", "flows", "clips")
+TOP_KEYS = {"problem", "description", "grid", "train", "options", "summary", "scales"}
+
+
+class UserError(Exception):
+    """Bad input: the CLI prints the message on one line and exits with code 2."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One configuration trained for every seed in ``seeds`` (SPEC §4, §9)."""
+
+    experiment: str
+    problem: str
+    level_key: str
+    level: int | float
+    flow: str
+    clip: str
+    epochs: int
+    seeds: tuple[int, ...]
+    data_seed: int
+    n_data: int
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    clip_value: float
+    clip_norm: float
+    options: tuple[tuple[str, Any], ...] = ()
+    threshold: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seeds"] = list(self.seeds)
+        d["options"] = dict(self.options)
+        return d
+
+    @property
+    def run_id(self) -> str:
+        """Readable prefix plus a hash of the whole configuration: equal ids, equal runs."""
+        payload = json.dumps(self.as_dict(), sort_keys=True, default=str)
+        digest = hashlib.sha1(payload.encode()).hexdigest()[:10]
+        return f"{self.problem}-{self.level_key}{self.level}-{self.flow}-{self.clip}-{digest}"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A parsed definition file (before a scale and overrides are applied)."""
+
+    name: str
+    path: str
+    problem: str
+    description: str
+    grid: dict[str, list]
+    train: dict[str, Any]
+    problem_options: dict[str, Any]
+    summary: dict[str, Any]
+    scales: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# --- finding and reading definitions ----------------------------------------------------
+
+
+def builtin_names() -> list[str]:
+    """Names of the definitions shipped with the package."""
+    folder = resources.files(BUILTIN_PACKAGE)
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load(name_or_path: str) -> Experiment:
+    """A built-in definition by name (any case), or a user's TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UserError(f"definition file {name_or_path!r} not found")
+        text, name, origin = path.read_text(), path.stem, str(path)
+    else:
+        name = name_or_path.lower()
+        if name not in builtin_names():
+            raise UserError(
+                f"unknown experiment {name_or_path!r}; allowed: {', '.join(builtin_names())} or a path to a .toml file"
+            )
+        text = resources.files(BUILTIN_PACKAGE).joinpath(f"{name}.toml").read_text()
+        origin = f"{BUILTIN_PACKAGE}/{name}.toml"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"malformed definition file {origin}: {err}") from None
+    return _parse(name, origin, raw)
+
+
+def _parse(name: str, origin: str, raw: dict[str, Any]) -> Experiment:
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise UserError(f"unknown key {sorted(unknown)[0]!r} in {origin}; allowed: {', '.join(sorted(TOP_KEYS))}")
+    problem = raw.get("problem")
+    from bptt_cli import problems
+
+    if problem not in (*problems.NAMES, "toy"):
+        raise UserError(f"unknown problem {problem!r} in {origin}; allowed: {', '.join((*problems.NAMES, 'toy'))}")
+    tables = {}
+    for key in ("grid", "train", "options", "summary", "scales"):
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            raise UserError(f"key {key!r} in {origin} must be a table")
+        tables[key] = value
+    _check_keys(tables["grid"], GRID_KEYS, f"[grid] of {origin}")
+    _check_keys(tables["train"], TRAIN_KEYS, f"[train] of {origin}")
+    _check_keys(tables["summary"], ("threshold",), f"[summary] of {origin}")
+    for scale, overrides in tables["scales"].items():
+        if not isinstance(overrides, dict):
+            raise UserError(f"scale {scale!r} in {origin} must be a table")
+        _check_keys(overrides, (*GRID_KEYS, *TRAIN_KEYS), f"[scales.{scale}] of {origin}")
+    return Experiment(
+        name=name,
+        path=origin,
+        problem=problem,
+        description=str(raw.get("description", "")),
+        grid=tables["grid"],
+        train=tables["train"],
+        problem_options=tables["options"],
+        summary=tables["summary"],
+        scales={k.lower(): v for k, v in tables["scales"].items()},
+    )
+
+
+def _check_keys(table: dict, allowed, where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise UserError(f"unknown key {key!r} in {where}; allowed: {', '.join(allowed)}")
+
+
+# --- resolving a definition into runs ---------------------------------------------------
+
+
+def scale_names(exp: Experiment) -> list[str]:
+    return sorted({"paper", *exp.scales})
+
+
+def resolve(exp: Experiment, scale: str = "paper", **overrides: Any) -> list[RunSpec]:
+    """Apply a scale and command-line overrides, validate everything, expand the grid.
+
+    ``overrides`` may hold ``levels``, ``flows``, ``clips`` (lists) and any ``[train]`` key;
+    ``None`` values are ignored.
+    """
+    from bptt_cli import problems
+
+    scale_key = scale.lower()
+    if scale_key not in scale_names(exp):
+        raise UserError(f"unknown scale {scale!r} for {exp.name}; allowed: {', '.join(scale_names(exp))}")
+    values: dict[str, Any] = {**exp.grid, **exp.train, **exp.scales.get(scale_key, {})}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+
+    problem = problems.get(exp.problem)
+    train = {key: _typed(key, values.get(key), kind, exp) for key, kind in TRAIN_KEYS.items()}
+    for key in ("epochs", "seeds", "n_data", "batch_size"):
+        if train[key] <= 0:
+            raise UserError(f"{key.replace('_', '-')} must be a positive integer, got {train[key]}")
+    if not train["learning_rate"] > 0 or not math.isfinite(train["learning_rate"]):
+        raise UserError(f"learning-rate must be a positive number, got {train['learning_rate']}")
+    for key in ("clip_value", "clip_norm"):
+        if not train[key] > 0:
+            raise UserError(f"{key.replace('_', '-')} must be a positive number, got {train[key]}")
+    if train["n_data"] % train["batch_size"]:
+        raise UserError(
+            f"batch size {train['batch_size']} does not divide the {train['n_data']} training states; "
+            f"allowed: a divisor of {train['n_data']}"
+        )
+    optimizer = train["optimizer"].lower()
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {train['optimizer']!r}; allowed: {', '.join(OPTIMIZERS)}")
+
+    flows = [_flow(f) for f in _as_list(values.get("flows"), "flows")]
+    clips = [_clip(c) for c in _as_list(values.get("clips"), "clips")]
+    grid_levels = [_level(lv, problem, None) for lv in _as_list(exp.grid.get("levels"), "levels")]
+    levels = [_level(lv, problem, grid_levels) for lv in _as_list(values.get("levels"), "levels")]
+
+    options = {**problem.default_options}
+    for key, value in exp.problem_options.items():
+        if key not in options:
+            raise UserError(
+                f"unknown problem option {key!r} for {problem.name}; allowed: {', '.join(options) or 'none'}"
+            )
+        choices = problem.option_choices.get(key)
+        if choices and str(value).upper() not in [str(c).upper() for c in choices]:
+            raise UserError(f"invalid {key} {value!r} for {problem.name}; allowed: {', '.join(map(str, choices))}")
+        options[key] = next((c for c in choices if str(c).upper() == str(value).upper()), value) if choices else value
+    threshold = exp.summary.get("threshold")
+    if threshold is not None and not isinstance(threshold, int | float):
+        raise UserError(f"[summary] threshold must be a number, got {threshold!r}")
+
+    seeds = tuple(range(train["seed"], train["seed"] + train["seeds"]))
+    return [
+        RunSpec(
+            experiment=exp.name,
+            problem=problem.name,
+            level_key=problem.level_key,
+            level=level,
+            flow=flow,
+            clip=clip,
+            epochs=train["epochs"],
+            seeds=seeds,
+            data_seed=train["data_seed"],
+            n_data=train["n_data"],
+            batch_size=train["batch_size"],
+            optimizer=optimizer,
+            learning_rate=train["learning_rate"],
+            clip_value=train["clip_value"],
+            clip_norm=train["clip_norm"],
+            options=tuple(sorted(options.items())),
+            threshold=None if threshold is None else float(threshold),
+        )
+        for level in _unique(levels)
+        for flow in _unique(flows)
+        for clip in _unique(clips)
+    ]
+
+
+def _typed(key: str, value: Any, kind: type, exp: Experiment) -> Any:
+    if value is None:
+        raise UserError(f"{exp.path} sets no {key!r} in [train]")
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    raise UserError(f"{key} must be {'an integer' if kind is int else 'a number' if kind is float else 'a string'}, got {value!r}")
+
+
+def _as_list(value: Any, key: str) -> list:
+    if value is None:
+        raise UserError(f"the grid sets no {key!r}")
+    items = value if isinstance(value, list | tuple) else [value]
+    if not items:
+        raise UserError(f"the grid's {key!r} is empty")
+    return list(items)
+
+
+def _unique(items: list) -> list:
+    return list(dict.fromkeys(items))
+
+
+def _flow(value: Any) -> str:
+    try:
+        return canonical_flow(str(value))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _clip(value: Any) -> str:
+    name = str(value).strip().upper()
+    if name not in Clip.__members__:
+        raise UserError(f"unknown clip {value!r}; allowed: {', '.join(Clip.__members__)}")
+    return name
+
+
+def _level(value: Any, problem, grid: list | None) -> int | float:
+    try:
+        level = problem.level_type(value)
+        if problem.level_type is int and float(value) != level:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserError(f"invalid {problem.level_key} {value!r}; allowed: {_fmt(grid)}") from None
+    if grid is not None and level not in grid:
+        raise UserError(f"{problem.level_key} {value} is outside the grid; allowed: {_fmt(grid)}")
+    return level
+
+
+def _fmt(levels: list | None) -> str:
+    return "a number" if levels is None else ", ".join(str(v) for v in levels)

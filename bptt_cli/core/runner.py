@@ -1,0 +1,316 @@
+"""Run a list of ``RunSpec``s: group them into compiled programs, train all seeds of a group in
+one ``vmap``, shard that axis over the visible devices, and stream metrics to disk.
+
+Runs share a program when they differ only in numbers (seed, clip mode, learning rate, a
+numeric level): those become rows of the vmapped axis. A group advances in chunks of epochs;
+after every chunk each run's CSV and checkpoint are committed, so a kill loses at most the chunk
+in flight and a rerun resumes exactly where the files end.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from bptt_cli import problems, results
+from bptt_cli.config import RunSpec
+from bptt_cli.core import train
+from bptt_cli.core.optim import clip_thresholds
+
+MAX_CHUNK = 64  # epochs per compiled call at most (the metric buffers' length)
+TARGET_CHUNK_SECONDS = 2.0  # chunk length is adapted so the progress bar moves about this often
+
+
+@dataclass
+class Report:
+    """What a call of ``run`` did."""
+
+    skipped: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    compile_seconds: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class _GroupKey:
+    problem: str
+    static_level: int | float | None
+    options: tuple
+    setup: train.Setup
+    n_data: int
+    data_seed: int
+    epochs: int
+    start_epoch: int
+
+
+class _Interrupt:
+    """First Ctrl-C: finish the chunk in flight, flush it, stop. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        try:
+            previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread (e.g. inside a test runner thread)
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def run(specs: list[RunSpec], out: Path, force: bool = False, console: Console | None = None) -> Report:
+    """Train every run in ``specs`` (skipping finished ones unless ``force``) under ``out``."""
+    console = console or Console(stderr=True)
+    report = Report()
+    pending: dict[_GroupKey, list[RunSpec]] = defaultdict(list)
+    checkpoints: dict[str, tuple[list[np.ndarray], int]] = {}
+    for spec in specs:
+        files = results.RunFiles.of(out / spec.experiment, spec.run_id)
+        if force:
+            files.remove()
+        elif results.is_complete(files):
+            report.skipped.append(spec.run_id)
+            continue
+        start = 0
+        saved = results.load_checkpoint(files.checkpoint)
+        if saved is not None and 0 < saved[1] < spec.epochs:
+            checkpoints[spec.run_id] = saved
+            start = saved[1]
+            report.resumed.append(spec.run_id)
+        elif files.exist() and saved is None:
+            files.remove()  # started but no epoch committed: nothing to keep
+        pending[_group_key(spec, start)].append(spec)
+
+    if report.skipped:
+        console.print(f"{len(report.skipped)} run(s) already complete, skipped (--force recomputes them)")
+    if not pending:
+        return report
+
+    interrupt = _Interrupt()
+    total = sum((s.epochs - k.start_epoch) * len(s.seeds) for k, group in pending.items() for s in group)
+    with _progress(console) as progress, interrupt.installed():
+        bar = progress.add_task("starting", total=total, runs=f"0/{sum(map(len, pending.values()))}", loss="")
+        runs_done = 0
+        for key, group in pending.items():
+            runs_done = _train_group(key, group, out, checkpoints, report, progress, bar, interrupt, runs_done)
+            if interrupt.requested:
+                report.interrupted = True
+                break
+    return report
+
+
+def _group_key(spec: RunSpec, start_epoch: int) -> _GroupKey:
+    problem = problems.get(spec.problem)
+    return _GroupKey(
+        problem=spec.problem,
+        static_level=spec.level if problem.level_is_static else None,
+        options=spec.options,
+        setup=train.Setup(spec.flow, spec.optimizer, spec.batch_size),
+        n_data=spec.n_data,
+        data_seed=spec.data_seed,
+        epochs=spec.epochs,
+        start_epoch=start_epoch,
+    )
+
+
+@contextmanager
+def _progress(console: Console) -> Iterator[Progress]:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("run-epochs · runs {task.fields[runs]} · test loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        yield progress
+
+
+# --- one program --------------------------------------------------------------------------
+
+
+_PROGRAMS: dict[tuple, object] = {}
+
+
+def _program(key: _GroupKey, task):
+    """The jitted, vmapped chunk function for a static setup (built once per process)."""
+    cache_key = (key.problem, key.static_level, key.options, key.setup)
+    if cache_key not in _PROGRAMS:
+        chunk = partial(train.train_chunk, task, key.setup, MAX_CHUNK)
+        _PROGRAMS[cache_key] = jax.jit(jax.vmap(chunk, in_axes=(0, 0, None, None, None)))
+    return _PROGRAMS[cache_key]
+
+
+def _shard(rows: int) -> tuple[int, NamedSharding | None, NamedSharding | None]:
+    """Padded row count and the shardings that split the run axis over all devices."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return rows, None, None
+    mesh = Mesh(np.array(devices), ("runs",))
+    padded = -(-rows // len(devices)) * len(devices)
+    return padded, NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec())
+
+
+def _train_group(key, group, out, checkpoints, report, progress, bar, interrupt, runs_done) -> int:
+    problem = problems.get(key.problem)
+    task = problem.make_task(key.static_level, dict(key.options))
+    x_train, x_test = task.sample_data(jax.random.key(key.data_seed), key.n_data)
+    rows = [(spec, seed) for spec in group for seed in spec.seeds]
+    padded, row_sharding, replicated = _shard(len(rows))
+    rows_padded = rows + [rows[-1]] * (padded - len(rows))
+
+    thresholds = [clip_thresholds(spec.clip, spec.clip_value, spec.clip_norm) for spec, _ in rows_padded]
+    hypers = train.Hypers(
+        key=jax.vmap(jax.random.key)(jnp.asarray([seed for _, seed in rows_padded])),
+        learning_rate=jnp.asarray([spec.learning_rate for spec, _ in rows_padded], jnp.float32),
+        clip_value=jnp.asarray([t[0] for t in thresholds], jnp.float32),
+        clip_norm=jnp.asarray([t[1] for t in thresholds], jnp.float32),
+        level=jnp.asarray([float(spec.level) for spec, _ in rows_padded], jnp.float32),
+    )
+    state = jax.jit(jax.vmap(partial(train.init_state, task, key.setup)))(hypers)
+    state = _restore(state, rows_padded, checkpoints)
+    if row_sharding is not None:
+        hypers, state = jax.device_put((hypers, state), row_sharding)
+        x_train, x_test = jax.device_put((x_train, x_test), replicated)
+
+    label = _label(key, group)
+    progress.update(bar, description=f"{label}: compiling")
+    t0 = time.perf_counter()
+    compiled = _program(key, task).lower(state, hypers, x_train, x_test, jnp.int32(1)).compile()
+    compile_seconds = time.perf_counter() - t0
+    for spec in group:
+        report.compile_seconds[spec.run_id] = compile_seconds
+    progress.update(bar, description=label)
+
+    folder = out / group[0].experiment
+    frames = {spec.run_id: _previous_rows(folder, spec, key.start_epoch) for spec in group}
+    done, n_chunk = key.start_epoch, 1
+    started = {spec.run_id: time.time() for spec in group}
+    while done < key.epochs:
+        n = min(n_chunk, key.epochs - done)
+        t0 = time.perf_counter()
+        state, metrics, diverged = compiled(state, hypers, x_train, x_test, jnp.int32(n))
+        metrics, diverged, leaves = jax.device_get((metrics, diverged, jax.tree.leaves(state)))
+        seconds = (time.perf_counter() - t0) / n
+        for i, spec in enumerate(group):
+            lo = sum(len(s.seeds) for s in group[:i])
+            rows_slice = slice(lo, lo + len(spec.seeds))
+            new = _rows(spec, done, n, {k: v[rows_slice, :n] for k, v in metrics.items()}, diverged[rows_slice, :n], seconds)
+            frames[spec.run_id] = pd.concat([frames[spec.run_id], new], ignore_index=True) if frames[spec.run_id] is not None else new
+            _commit(folder, spec, frames[spec.run_id], [leaf[rows_slice] for leaf in leaves], done + n, compile_seconds, started[spec.run_id])
+        done += n
+        n_chunk = int(np.clip(round(TARGET_CHUNK_SECONDS / max(seconds, 1e-6)), 1, MAX_CHUNK))
+        test_loss = np.nanmedian(metrics["test_loss"][: len(rows), n - 1])
+        progress.update(bar, advance=n * len(rows), loss=f"{test_loss:.4g}")
+        if interrupt.requested:
+            return runs_done
+    for spec in group:
+        report.completed.append(spec.run_id)
+    runs_done += len(group)
+    progress.update(bar, runs=f"{runs_done}/{progress.tasks[0].fields['runs'].split('/')[1]}")
+    return runs_done
+
+
+def _label(key: _GroupKey, group: list[RunSpec]) -> str:
+    levels = sorted({spec.level for spec in group})
+    clips = sorted({spec.clip for spec in group})
+    return f"{key.problem} {group[0].level_key}={','.join(map(str, levels))} {key.setup.flow} [{'/'.join(clips)}]"
+
+
+def _restore(state, rows_padded, checkpoints):
+    """Overwrite the initial state of resumed runs with their checkpoints."""
+    if not checkpoints:
+        return state
+    leaves, treedef = jax.tree.flatten(state)
+    leaves = [np.array(leaf) for leaf in leaves]
+    i = 0
+    while i < len(rows_padded):
+        spec = rows_padded[i][0]
+        n = len(spec.seeds)
+        if spec.run_id in checkpoints:
+            saved, _ = checkpoints[spec.run_id]
+            for leaf, value in zip(leaves, saved, strict=True):
+                leaf[i : i + n] = value
+        i += n
+    return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves])
+
+
+def _previous_rows(folder: Path, spec: RunSpec, start_epoch: int) -> pd.DataFrame | None:
+    if start_epoch == 0:
+        return None
+    return results.load_rows(results.RunFiles.of(folder, spec.run_id).csv, start_epoch)
+
+
+def _rows(spec: RunSpec, done: int, n: int, metrics: dict, diverged: np.ndarray, seconds: float) -> pd.DataFrame:
+    """Tidy rows (seed-major, then epoch) for epochs ``done + 1 ... done + n``."""
+    n_seeds = len(spec.seeds)
+    config = {
+        "experiment": spec.experiment,
+        "run_id": spec.run_id,
+        "problem": spec.problem,
+        "level_key": spec.level_key,
+        "level": spec.level,
+        "flow": spec.flow,
+        "clip": spec.clip,
+        "optimizer": spec.optimizer,
+        "learning_rate": spec.learning_rate,
+        "batch_size": spec.batch_size,
+        "n_data": spec.n_data,
+        "data_seed": spec.data_seed,
+    }
+    frame = pd.DataFrame(config, index=range(n_seeds * n))
+    frame["seed"] = np.repeat(np.asarray(spec.seeds), n)
+    frame["epoch"] = np.tile(np.arange(done + 1, done + n + 1), n_seeds)
+    for name, values in metrics.items():
+        frame[name] = values.reshape(-1).astype(np.float64)
+    frame["epoch_seconds"] = seconds
+    frame["diverged"] = diverged.reshape(-1)
+    return frame
+
+
+def _commit(folder, spec, frame, leaves, epochs_done, compile_seconds, started) -> None:
+    files = results.RunFiles.of(folder, spec.run_id)
+    frame = frame.sort_values(["seed", "epoch"], kind="stable")
+    results.write_csv(files.csv, frame)
+    results.save_checkpoint(files.checkpoint, leaves, epochs_done)
+    results.write_json(
+        files.meta,
+        {
+            "run_id": spec.run_id,
+            "status": "complete" if epochs_done >= spec.epochs else "running",
+            "epochs_done": epochs_done,
+            "config": spec.as_dict(),
+            "versions": results.versions(),
+            "devices": [str(d) for d in jax.devices()],
+            "compile_seconds": round(compile_seconds, 3),
+            "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
