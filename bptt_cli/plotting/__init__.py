@@ -1,0 +1,29 @@
+"""Figures and the summary table, from result files only (this package never imports jax)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+
+def plot_all(results_dir: Path, figures_dir: Path) -> list[Path]:
+    """Every figure the results under ``results_dir`` allow, plus ``summary.csv``/``summary.md``.
+
+    Returns the paths written (empty when there are no results at all).
+    """
+    from bptt_cli import results, summary
+    from bptt_cli.plotting import curves, toy
+
+    written: list[Path] = []
+    frame = results.read_results(results_dir)
+    if not frame.empty:
+        frame = curves.latest_runs(frame)
+        for experiment, rows in frame.groupby("experiment", sort=True):
+            written += curves.plot_experiment(str(experiment), rows, figures_dir)
+        written += summary.write(frame, results.read_metas(results_dir), results_dir)
+    for toy_dir in sorted({p.parent for p in results_dir.rglob("fig1_fields.csv")}):
+        written += toy.plot(toy_dir, figures_dir)
+    return written

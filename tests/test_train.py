@@ -1,0 +1,121 @@
+"""The training protocol (SPEC §4): determinism, seeds as a vmapped axis, NaN isolation."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bptt_cli.core import train
+from bptt_cli.problems import cartpole
+
+N_DATA = 16
+MAX_EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def task():
+    return cartpole.PROBLEM.make_task(1, {"loss": "FINAL"})
+
+
+@pytest.fixture(scope="module")
+def data(task):
+    return task.sample_data(jax.random.key(42), N_DATA)
+
+
+def hypers(seeds, lr=1e-3, clip_value=jnp.inf, clip_norm=1.0):
+    n = len(seeds)
+    return train.Hypers(
+        key=jax.vmap(jax.random.key)(jnp.asarray(seeds)),
+        learning_rate=jnp.broadcast_to(jnp.asarray(lr, jnp.float32), (n,)),
+        clip_value=jnp.full((n,), clip_value, jnp.float32),
+        clip_norm=jnp.full((n,), clip_norm, jnp.float32),
+        level=jnp.ones((n,), jnp.float32),
+    )
+
+
+_CACHE = {}
+
+
+def program(task, flow):
+    if flow not in _CACHE:
+        setup = train.Setup(flow, "adam", 8)
+        chunk = partial(train.train_chunk, task, setup, MAX_EPOCHS)
+        _CACHE[flow] = (
+            jax.jit(jax.vmap(partial(train.init_state, task, setup))),
+            jax.jit(jax.vmap(chunk, in_axes=(0, 0, None, None, None))),
+        )
+    return _CACHE[flow]
+
+
+def train_runs(task, data, flow, hy, n_epochs=MAX_EPOCHS, chunks=None):
+    init, chunk = program(task, flow)
+    state = init(hy)
+    collected = []
+    for n in chunks or [n_epochs]:
+        state, metrics, diverged = chunk(state, hy, *data, jnp.int32(n))
+        collected.append(({k: np.asarray(v[:, :n]) for k, v in metrics.items()}, np.asarray(diverged[:, :n])))
+    metrics = {k: np.concatenate([c[0][k] for c in collected], axis=1) for k in collected[0][0]}
+    return state, metrics, np.concatenate([c[1] for c in collected], axis=1)
+
+
+def test_metric_columns_and_semantics(task, data):
+    _, m_r, _ = train_runs(task, data, "R", hypers([0]))
+    _, m_c, _ = train_runs(task, data, "C", hypers([0]))
+    assert set(m_r) == set(train.metric_names(()))
+    assert np.all(np.isnan(m_r["cos_mr"]))  # one gradient only
+    assert np.all(np.abs(m_c["cos_mr"]) <= 1.0)
+    for m in (m_r, m_c):
+        for name in ("batch_loss", "train_loss", "test_loss", "update_sq_norm"):
+            assert np.all(np.isfinite(m[name])), name
+        assert np.all((m["test_loss"] >= 0) & (m["test_loss"] <= 2))
+        assert np.all(m["update_sq_norm"] > 0)
+    # Training makes progress on the training set within a few epochs.
+    assert m_r["train_loss"][0, -1] < m_r["train_loss"][0, 0]
+
+
+def test_same_seed_same_numbers(task, data):
+    _, a, _ = train_runs(task, data, "R", hypers([5]))
+    _, b, _ = train_runs(task, data, "R", hypers([5]))
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    _, c, _ = train_runs(task, data, "R", hypers([6]))
+    assert not np.array_equal(a["test_loss"], c["test_loss"])
+
+
+def test_vmapped_seed_equals_single_seed(task, data):
+    _, batch, _ = train_runs(task, data, "C", hypers([1, 2, 3]))
+    _, single, _ = train_runs(task, data, "C", hypers([2]))
+    for name in ("batch_loss", "train_loss", "test_loss", "update_sq_norm", "cos_mr"):
+        np.testing.assert_allclose(batch[name][1], single[name][0], rtol=2e-5, err_msg=name)
+
+
+def test_chunking_does_not_change_results(task, data):
+    state_a, a, _ = train_runs(task, data, "R", hypers([0, 1]), chunks=[4])
+    state_b, b, _ = train_runs(task, data, "R", hypers([0, 1]), chunks=[1, 3])
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    jax.tree.map(np.testing.assert_array_equal, state_a.theta, state_b.theta)
+
+
+def test_nan_seed_is_flagged_and_isolated(task, data):
+    lr = jnp.asarray([1e-3, jnp.nan, 1e-3], jnp.float32)
+    state, bad, diverged = train_runs(task, data, "R", hypers([0, 1, 2], lr=lr))
+    _, good, _ = train_runs(task, data, "R", hypers([0, 1, 2]))
+    assert diverged[1].all() and not diverged[[0, 2]].any()
+    # The diverged run stopped updating: its parameters are still the initial ones.
+    init, _ = program(task, "R")
+    start = init(hypers([0, 1, 2], lr=lr))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[1], b[1]), state.theta, start.theta)
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state.theta))
+    for name in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(bad[name][[0, 2]], good[name][[0, 2]], rtol=2e-5)
+
+
+def test_clip_value_rows_share_the_program_and_differ(task, data):
+    hy = hypers([0, 0], clip_value=jnp.asarray([jnp.inf, 1e-4]), clip_norm=jnp.inf)
+    _, m, _ = train_runs(task, data, "R", hy)
+    assert not np.allclose(m["test_loss"][0], m["test_loss"][1])
+    # update_sq_norm is measured before clipping, so the first update sees the same gradient.
+    assert m["batch_loss"][0, 0] == m["batch_loss"][1, 0]
