@@ -35,28 +35,54 @@ DEVICES = ("auto", "cpu", "gpu")
 )
 def run(
     experiment: Annotated[
-        str | None, typer.Argument(metavar="NAME|PATH", help="Built-in experiment name (see --list) or path to a .toml definition.")
+        str | None,
+        typer.Argument(
+            metavar="NAME|PATH", help="Built-in experiment name (see --list) or path to a .toml definition."
+        ),
     ] = None,
-    scale: Annotated[str, typer.Option("--scale", "-s", help="Named scale of the definition: paper, quick, smoke, ...")] = "paper",
+    scale: Annotated[
+        str, typer.Option("--scale", "-s", help="Named scale of the definition: paper, quick, smoke, ...")
+    ] = "paper",
     seeds: Annotated[int | None, typer.Option(help="Number of init seeds trained in parallel.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per run.")] = None,
     flow: Annotated[
-        list[str] | None, typer.Option("--flow", "-f", metavar="FLOW", help="Gradient flow R, M, S, C or T<k>; repeat for several.")
+        list[str] | None,
+        typer.Option(
+            "--flow", "-f", metavar="FLOW", help="Gradient flow R, M, S, C or T<k>; repeat for several."
+        ),
     ] = None,
-    clip: Annotated[list[str] | None, typer.Option("--clip", "-c", metavar="CLIP", help="Clip mode NONE, VALUE or NORM; repeatable.")] = None,
+    clip: Annotated[
+        list[str] | None,
+        typer.Option("--clip", "-c", metavar="CLIP", help="Clip mode NONE, VALUE or NORM; repeatable."),
+    ] = None,
     level: Annotated[
         list[str] | None,
-        typer.Option("--level", "-l", metavar="LEVEL", help="Complexity level (poles / rc / target state) from the grid; repeatable."),
+        typer.Option(
+            "--level",
+            "-l",
+            metavar="LEVEL",
+            help="Complexity level (poles / rc / target state) from the grid; repeatable.",
+        ),
     ] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adam, sgd, momentum-0.8/0.9/0.95, adagrad, adadelta, rmsprop.")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--learning-rate", "--lr", help="Learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Minibatch size; must divide the training set.")] = None,
-    data_seed: Annotated[int | None, typer.Option(help="Seed of the initial states (shared by all runs).")] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="adam, sgd, momentum-0.8/0.9/0.95, adagrad, adadelta, rmsprop.")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", "--lr", help="Learning rate.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Minibatch size; must divide the training set.")
+    ] = None,
+    data_seed: Annotated[
+        int | None, typer.Option(help="Seed of the initial states (shared by all runs).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("results"),
     force: Annotated[bool, typer.Option("--force", help="Recompute runs that are already complete.")] = False,
     device: Annotated[str, typer.Option(help="auto (GPU when jax sees one), cpu or gpu.")] = "auto",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved runs and stop.")] = False,
-    list_: Annotated[bool, typer.Option("--list", help="List the built-in experiments and their scales.")] = False,
+    list_: Annotated[
+        bool, typer.Option("--list", help="List the built-in experiments and their scales.")
+    ] = False,
     info: Annotated[bool, typer.Option("--info", help="Print devices and versions.")] = False,
 ) -> None:
     if device.lower() not in DEVICES:
@@ -69,7 +95,9 @@ def run(
         _print_info()
         return
     if experiment is None:
-        raise UserError("missing experiment; give a built-in name (see bptt-run --list) or a path to a .toml file")
+        raise UserError(
+            "missing experiment; give a built-in name (see bptt-run --list) or a path to a .toml file"
+        )
 
     exp = config.load(experiment)
     if exp.problem == "toy":
@@ -113,7 +141,9 @@ def run(
 )
 def plot(
     results_dir: Annotated[Path, typer.Argument(help="Folder holding bptt-run outputs.")] = Path("results"),
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Figure folder [default: RESULTS/figures].")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Figure folder [default: RESULTS/figures].")
+    ] = None,
 ) -> None:
     if not results_dir.is_dir():
         raise UserError(f"results folder {str(results_dir)!r} does not exist; run bptt-run first")
@@ -155,7 +185,9 @@ def _check_out(folder: Path) -> None:
     try:
         check_writable(folder)
     except PermissionError as err:
-        raise UserError(f"output folder {str(folder)!r} is not writable ({err} is not a writable folder)") from None
+        raise UserError(
+            f"output folder {str(folder)!r} is not writable ({err} is not a writable folder)"
+        ) from None
 
 
 def _print_list() -> None:
@@ -181,11 +213,15 @@ def _print_plan(exp, scale: str, specs, out: Path) -> None:
     first = specs[0]
     levels = sorted({s.level for s in specs})
     err_console.print(
+        "".join(
+            [
+                f"{exp.name} [{scale.lower()}]: {len(specs)} run(s) × {len(first.seeds)} seed(s); "
+                f"{first.level_key} {levels}, flows {sorted({s.flow for s in specs})}, clips {sorted({s.clip for s in specs})}; "
+                f"{first.epochs} epochs, {first.n_data} states, batch {first.batch_size}, {first.optimizer} lr {first.learning_rate:g}, "
+                f"data seed {first.data_seed}, seeds {first.seeds[0]}..{first.seeds[-1]} → {out / exp.name}"
+            ]
+        ),
         markup=False,
-        *[f"{exp.name} [{scale.lower()}]: {len(specs)} run(s) × {len(first.seeds)} seed(s); "
-        f"{first.level_key} {levels}, flows {sorted({s.flow for s in specs})}, clips {sorted({s.clip for s in specs})}; "
-        f"{first.epochs} epochs, {first.n_data} states, batch {first.batch_size}, {first.optimizer} lr {first.learning_rate:g}, "
-        f"data seed {first.data_seed}, seeds {first.seeds[0]}..{first.seeds[-1]} → {out / exp.name}"],
     )
 
 

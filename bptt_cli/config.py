@@ -7,19 +7,65 @@ names the bad value and what is allowed.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bptt_cli.core.flows import canonical as canonical_flow
-from bptt_cli.core.optim import OPTIMIZERS, Clip
-
 BUILTIN_PACKAGE = "bptt_cli.experiments"
+
+
+class Flow(enum.StrEnum):
+    """The paper's four gradient flows (SPEC §2). Truncated BPTT is written ``"T<k>"``."""
+
+    R = "R"  # regular: full backpropagation through time
+    M = "M"  # modified: feedback only along the physics path
+    S = "S"  # stopped: no feedback through time
+    C = "C"  # combined: M's update where its sign agrees with R's
+
+
+class Clip(enum.StrEnum):
+    """Applied to the update handed to the optimizer, after C's combination (SPEC §3)."""
+
+    NONE = "NONE"
+    VALUE = "VALUE"  # every entry clipped to [-clip_value, clip_value]
+    NORM = "NORM"  # the whole update rescaled to global L2 norm <= clip_norm
+
+
+# Keras defaults, as released (the optax chains live in core/optim.py).
+OPTIMIZER_NAMES = (
+    "adam",
+    "sgd",
+    "momentum-0.8",
+    "momentum-0.9",
+    "momentum-0.95",
+    "adagrad",
+    "adadelta",
+    "rmsprop",
+)
+
+_TRUNCATED = re.compile(r"T([1-9][0-9]*)")
+
+
+def canonical_flow(flow: str | Flow) -> str:
+    """Upper-case flow name, validated. Raises ValueError for anything else."""
+    name = (flow.value if isinstance(flow, Flow) else str(flow)).strip().upper()
+    if name in Flow.__members__ or _TRUNCATED.fullmatch(name):
+        return name
+    raise ValueError(f"unknown flow {flow!r}; allowed: R, M, S, C, or T<k> with k >= 1 (truncated BPTT)")
+
+
+def truncation(flow: str) -> int | None:
+    """``k`` for a truncated flow ``"T<k>"``, else None."""
+    match = _TRUNCATED.fullmatch(flow)
+    return int(match.group(1)) if match else None
+
 
 # Keys of the [train] and [grid] tables, with the type their values must have.
 TRAIN_KEYS: dict[str, type] = {
@@ -127,12 +173,16 @@ def load(name_or_path: str) -> Experiment:
 def _parse(name: str, origin: str, raw: dict[str, Any]) -> Experiment:
     unknown = set(raw) - TOP_KEYS
     if unknown:
-        raise UserError(f"unknown key {sorted(unknown)[0]!r} in {origin}; allowed: {', '.join(sorted(TOP_KEYS))}")
+        raise UserError(
+            f"unknown key {sorted(unknown)[0]!r} in {origin}; allowed: {', '.join(sorted(TOP_KEYS))}"
+        )
     problem = raw.get("problem")
     from bptt_cli import problems
 
     if problem not in (*problems.NAMES, "toy"):
-        raise UserError(f"unknown problem {problem!r} in {origin}; allowed: {', '.join((*problems.NAMES, 'toy'))}")
+        raise UserError(
+            f"unknown problem {problem!r} in {origin}; allowed: {', '.join((*problems.NAMES, 'toy'))}"
+        )
     tables = {}
     for key in ("grid", "train", "options", "summary", "scales"):
         value = raw.get(key, {})
@@ -202,8 +252,8 @@ def resolve(exp: Experiment, scale: str = "paper", **overrides: Any) -> list[Run
             f"allowed: a divisor of {train['n_data']}"
         )
     optimizer = train["optimizer"].lower()
-    if optimizer not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer {train['optimizer']!r}; allowed: {', '.join(OPTIMIZERS)}")
+    if optimizer not in OPTIMIZER_NAMES:
+        raise UserError(f"unknown optimizer {train['optimizer']!r}; allowed: {', '.join(OPTIMIZER_NAMES)}")
 
     flows = [_flow(f) for f in _as_list(values.get("flows"), "flows")]
     clips = [_clip(c) for c in _as_list(values.get("clips"), "clips")]
@@ -218,8 +268,12 @@ def resolve(exp: Experiment, scale: str = "paper", **overrides: Any) -> list[Run
             )
         choices = problem.option_choices.get(key)
         if choices and str(value).upper() not in [str(c).upper() for c in choices]:
-            raise UserError(f"invalid {key} {value!r} for {problem.name}; allowed: {', '.join(map(str, choices))}")
-        options[key] = next((c for c in choices if str(c).upper() == str(value).upper()), value) if choices else value
+            raise UserError(
+                f"invalid {key} {value!r} for {problem.name}; allowed: {', '.join(map(str, choices))}"
+            )
+        options[key] = (
+            next((c for c in choices if str(c).upper() == str(value).upper()), value) if choices else value
+        )
     threshold = exp.summary.get("threshold")
     if threshold is not None and not isinstance(threshold, int | float):
         raise UserError(f"[summary] threshold must be a number, got {threshold!r}")
@@ -260,7 +314,9 @@ def _typed(key: str, value: Any, kind: type, exp: Experiment) -> Any:
         return value
     if kind is str and isinstance(value, str):
         return value
-    raise UserError(f"{key} must be {'an integer' if kind is int else 'a number' if kind is float else 'a string'}, got {value!r}")
+    raise UserError(
+        f"{key} must be {'an integer' if kind is int else 'a number' if kind is float else 'a string'}, got {value!r}"
+    )
 
 
 def _as_list(value: Any, key: str) -> list:

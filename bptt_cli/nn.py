@@ -22,7 +22,11 @@ def init_mlp(key: jax.Array, sizes: list[int], zero_last: bool) -> list[dict[str
     layers = []
     for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
         last = i == len(sizes) - 2
-        w = jnp.zeros((n_in, n_out)) if (last and zero_last) else glorot_uniform(k, (n_in, n_out), n_in, n_out)
+        w = (
+            jnp.zeros((n_in, n_out))
+            if (last and zero_last)
+            else glorot_uniform(k, (n_in, n_out), n_in, n_out)
+        )
         layers.append({"w": w, "b": jnp.zeros((n_out,))})
     return layers
 

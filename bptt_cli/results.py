@@ -50,6 +50,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes owner-only files; results are for sharing
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -100,7 +101,9 @@ def is_complete(files: RunFiles) -> bool:
 
 def save_checkpoint(path: Path, leaves: list[np.ndarray], epochs_done: int) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, epochs_done=np.asarray(epochs_done), **{f"leaf_{i}": leaf for i, leaf in enumerate(leaves)})
+    np.savez(
+        buffer, epochs_done=np.asarray(epochs_done), **{f"leaf_{i}": leaf for i, leaf in enumerate(leaves)}
+    )
     write_atomic(path, buffer.getvalue())
 
 

@@ -82,10 +82,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.itertuples(index=False):
         below = "never" if pd.isna(row.first_epoch_below) else str(row.first_epoch_below)
-        if row.threshold is None or pd.isna(row.threshold):
-            below = "-"
-        else:
-            below = f"{below} (< {row.threshold:g})"
+        no_threshold = row.threshold is None or pd.isna(row.threshold)
+        below = "-" if no_threshold else f"{below} (< {row.threshold:g})"
         cells = [
             row.experiment,
             f"{row.level_key}={row.level}",

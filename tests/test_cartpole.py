@@ -37,7 +37,9 @@ def test_one_step_matches_reference(n_poles, x64):
     x = cartpole.sample_initial_states(jax.random.key(n_poles), 5, n_poles).astype(jnp.float64)
     forces = np.linspace(-3.0, 4.0, 5)
     for xi, f in zip(np.asarray(x), forces, strict=True):
-        np.testing.assert_allclose(cartpole.step(jnp.asarray(xi), f), reference_step(xi, f), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            cartpole.step(jnp.asarray(xi), f), reference_step(xi, f), rtol=1e-12, atol=1e-12
+        )
 
 
 def test_hundred_steps_match_reference(x64):
@@ -51,7 +53,9 @@ def test_hundred_steps_match_reference(x64):
 
 def test_float32_step_close_to_reference():
     x = np.asarray(cartpole.sample_initial_states(jax.random.key(1), 1, 2)[0])
-    np.testing.assert_allclose(cartpole.step(jnp.asarray(x), 1.5), reference_step(x, 1.5), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        cartpole.step(jnp.asarray(x), 1.5), reference_step(x, 1.5), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_mirror_symmetry():

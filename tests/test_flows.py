@@ -84,7 +84,9 @@ def test_forward_values_identical_across_flows(x64):
     theta, x0 = setup()
     values = {flow: float(api(flow, theta, x0)[0]) for flow in ["R", "M", "S", "C", "T4"]}
     assert len(set(values.values())) == 1, values
-    trajectories = [flows.rollout(f, cartpole.controller, cartpole.step, theta, x0, N_STEPS)[0] for f in "RMS"]
+    trajectories = [
+        flows.rollout(f, cartpole.controller, cartpole.step, theta, x0, N_STEPS)[0] for f in "RMS"
+    ]
     for xs in trajectories[1:]:
         np.testing.assert_array_equal(xs, trajectories[0])
 
@@ -99,7 +101,9 @@ def test_flows_really_differ(x64):
 def test_truncation_limits(x64):
     theta, x0 = setup()
     np.testing.assert_allclose(flat(api("T1", theta, x0)[1]), flat(api("S", theta, x0)[1]), rtol=1e-12)
-    np.testing.assert_allclose(flat(api(f"T{N_STEPS}", theta, x0)[1]), flat(api("R", theta, x0)[1]), rtol=1e-12)
+    np.testing.assert_allclose(
+        flat(api(f"T{N_STEPS}", theta, x0)[1]), flat(api("R", theta, x0)[1]), rtol=1e-12
+    )
 
 
 def test_combine_rule_on_pytrees():

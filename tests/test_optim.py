@@ -44,7 +44,8 @@ def test_clip_invariants(scale):
             jax.tree.map(np.testing.assert_array_equal, norm, grads)
         else:  # rescaled, direction kept
             ratio = global_norm(grads)
-            jax.tree.map(lambda n, g: np.testing.assert_allclose(n * ratio, g, rtol=1e-5), norm, grads)
+            for n, g in zip(jax.tree.leaves(norm), jax.tree.leaves(grads), strict=True):
+                np.testing.assert_allclose(n * ratio, g, rtol=1e-5)
 
 
 def test_thresholds():

@@ -7,8 +7,6 @@ own program, never a runtime switch that computes every variant.
 
 from __future__ import annotations
 
-import enum
-import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -17,33 +15,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bptt_cli.config import Flow, canonical_flow, truncation
+
 PyTree = Any
 Array = jax.Array
-
-
-class Flow(str, enum.Enum):
-    """The paper's four gradient flows. Truncated BPTT is written ``"T<k>"`` (e.g. ``"T10"``)."""
-
-    R = "R"  # regular: full backpropagation through time
-    M = "M"  # modified: feedback only along the physics path
-    S = "S"  # stopped: no feedback through time
-    C = "C"  # combined: M's update where its sign agrees with R's
-
-
-_TRUNCATED = re.compile(r"T([1-9][0-9]*)")
-
-
-def canonical(flow: str | Flow) -> str:
-    """Upper-case flow name, validated. Raises ValueError for anything else."""
-    name = (flow.value if isinstance(flow, Flow) else str(flow)).strip().upper()
-    if name in Flow.__members__ or _TRUNCATED.fullmatch(name):
-        return name
-    raise ValueError(f"unknown flow {flow!r}; allowed: R, M, S, C, or T<k> with k >= 1 (truncated BPTT)")
-
-
-def _truncation(flow: str) -> int | None:
-    match = _TRUNCATED.fullmatch(flow)
-    return int(match.group(1)) if match else None
+canonical = canonical_flow  # re-exported: flows.canonical("m") == "M"
+__all__ = ["Flow", "canonical", "combine", "cosine", "flow_gradients", "rollout", "value_and_grad"]
 
 
 def rollout(
@@ -62,10 +39,10 @@ def rollout(
     Returns:
       ``xs (B, n_steps + 1, ...)`` with ``x0`` first, and ``us (B, n_steps, ...)``.
     """
-    flow = canonical(flow)
+    flow = canonical_flow(flow)
     if flow == "C":
         raise ValueError("flow C combines two gradients; it has no single rollout (use value_and_grad)")
-    every = _truncation(flow)
+    every = truncation(flow)
     net = jax.vmap(controller, in_axes=(None, 0))
     sim = jax.vmap(step)
 
@@ -118,7 +95,7 @@ def flow_gradients(
     ``loss(xs, us) -> (scalar, aux)``. For flow C the update is ``combine(g_M, g_R)`` and the
     cosine is between the two gradients; for every other flow the cosine is NaN.
     """
-    flow = canonical(flow)
+    flow = canonical_flow(flow)
 
     def objective(flow_name, params):
         xs, us = rollout(flow_name, controller, step, params, x0, n_steps)
@@ -160,5 +137,7 @@ def value_and_grad(
     def with_aux(xs, us):
         return loss(xs, us), {}
 
-    (value, _), grads, _ = flow_gradients(canonical(flow), controller, step, with_aux, params, x0, n_steps)
+    (value, _), grads, _ = flow_gradients(
+        canonical_flow(flow), controller, step, with_aux, params, x0, n_steps
+    )
     return value, grads

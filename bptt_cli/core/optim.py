@@ -7,20 +7,12 @@ has an infinite threshold.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable
 
 import optax
 
-
-class Clip(str, enum.Enum):
-    """Applied to the update handed to the optimizer (after C's combination)."""
-
-    NONE = "NONE"
-    VALUE = "VALUE"  # every entry clipped to [-clip_value, clip_value]
-    NORM = "NORM"  # the whole update rescaled to global L2 norm <= clip_norm
-
+from bptt_cli.config import OPTIMIZER_NAMES, Clip
 
 # Keras defaults, which the released runs inherited.
 OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
@@ -33,6 +25,8 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
     "adadelta": lambda lr: optax.adadelta(lr, rho=0.95, eps=1e-7),
     "rmsprop": lambda lr: optax.rmsprop(lr, decay=0.9, eps=1e-7, eps_in_sqrt=False),
 }
+assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES
+__all__ = ["OPTIMIZERS", "Clip", "clip_thresholds", "make_optimizer"]
 
 
 def clip_thresholds(clip: Clip | str, clip_value: float = 1.0, clip_norm: float = 1.0) -> tuple[float, float]:

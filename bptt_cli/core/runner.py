@@ -9,6 +9,7 @@ in flight and a rerun resumes exactly where the files end.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections import defaultdict
@@ -25,7 +26,14 @@ import numpy as np
 import pandas as pd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from bptt_cli import problems, results
 from bptt_cli.config import RunSpec
@@ -34,6 +42,14 @@ from bptt_cli.core.optim import clip_thresholds
 
 MAX_CHUNK = 64  # epochs per compiled call at most (the metric buffers' length)
 TARGET_CHUNK_SECONDS = 2.0  # chunk length is adapted so the progress bar moves about this often
+
+
+def _chunk_cap() -> int:
+    """``BPTT_CHUNK_EPOCHS`` caps the epochs per chunk (commit granularity; tests use 1)."""
+    try:
+        return max(1, min(MAX_CHUNK, int(os.environ.get("BPTT_CHUNK_EPOCHS", MAX_CHUNK))))
+    except ValueError:
+        return MAX_CHUNK
 
 
 @dataclass
@@ -117,7 +133,9 @@ def run(specs: list[RunSpec], out: Path, force: bool = False, console: Console |
         bar = progress.add_task("starting", total=total, runs=f"0/{sum(map(len, pending.values()))}", loss="")
         runs_done = 0
         for key, group in pending.items():
-            runs_done = _train_group(key, group, out, checkpoints, report, progress, bar, interrupt, runs_done)
+            runs_done = _train_group(
+                key, group, out, checkpoints, report, progress, bar, interrupt, runs_done
+            )
             if interrupt.requested:
                 report.interrupted = True
                 break
@@ -222,11 +240,30 @@ def _train_group(key, group, out, checkpoints, report, progress, bar, interrupt,
         for i, spec in enumerate(group):
             lo = sum(len(s.seeds) for s in group[:i])
             rows_slice = slice(lo, lo + len(spec.seeds))
-            new = _rows(spec, done, n, {k: v[rows_slice, :n] for k, v in metrics.items()}, diverged[rows_slice, :n], seconds)
-            frames[spec.run_id] = pd.concat([frames[spec.run_id], new], ignore_index=True) if frames[spec.run_id] is not None else new
-            _commit(folder, spec, frames[spec.run_id], [leaf[rows_slice] for leaf in leaves], done + n, compile_seconds, started[spec.run_id])
+            new = _rows(
+                spec,
+                done,
+                n,
+                {k: v[rows_slice, :n] for k, v in metrics.items()},
+                diverged[rows_slice, :n],
+                seconds,
+            )
+            frames[spec.run_id] = (
+                pd.concat([frames[spec.run_id], new], ignore_index=True)
+                if frames[spec.run_id] is not None
+                else new
+            )
+            _commit(
+                folder,
+                spec,
+                frames[spec.run_id],
+                [leaf[rows_slice] for leaf in leaves],
+                done + n,
+                compile_seconds,
+                started[spec.run_id],
+            )
         done += n
-        n_chunk = int(np.clip(round(TARGET_CHUNK_SECONDS / max(seconds, 1e-6)), 1, MAX_CHUNK))
+        n_chunk = int(np.clip(round(TARGET_CHUNK_SECONDS / max(seconds, 1e-6)), 1, _chunk_cap()))
         test_loss = np.nanmedian(metrics["test_loss"][: len(rows), n - 1])
         progress.update(bar, advance=n * len(rows), loss=f"{test_loss:.4g}")
         if interrupt.requested:
@@ -268,7 +305,9 @@ def _previous_rows(folder: Path, spec: RunSpec, start_epoch: int) -> pd.DataFram
     return results.load_rows(results.RunFiles.of(folder, spec.run_id).csv, start_epoch)
 
 
-def _rows(spec: RunSpec, done: int, n: int, metrics: dict, diverged: np.ndarray, seconds: float) -> pd.DataFrame:
+def _rows(
+    spec: RunSpec, done: int, n: int, metrics: dict, diverged: np.ndarray, seconds: float
+) -> pd.DataFrame:
     """Tidy rows (seed-major, then epoch) for epochs ``done + 1 ... done + n``."""
     n_seeds = len(spec.seeds)
     config = {

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
+if TYPE_CHECKING:
+    import jax
 
 PyTree = Any
-Array = jax.Array
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,11 @@ class Task:
       n_steps: the horizon ``Nt``.
     """
 
-    step: Callable[[Array, Array], Array]
-    controller: Callable[[PyTree, Array], Array]
-    init_controller: Callable[[Array], PyTree]
-    loss: Callable[[Array, Array, Array], tuple[Array, dict[str, Array]]]
-    sample_data: Callable[[Array, int], tuple[Array, Array]]
+    step: Callable[[jax.Array, jax.Array], jax.Array]
+    controller: Callable[[PyTree, jax.Array], jax.Array]
+    init_controller: Callable[[jax.Array], PyTree]
+    loss: Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+    sample_data: Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]
     n_steps: int
 
 

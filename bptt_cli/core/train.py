@@ -150,4 +150,3 @@ def train_chunk(
     buffers = {name: jnp.full((max_epochs,), jnp.nan, shape.dtype) for name, shape in shapes.items()}
     diverged = jnp.zeros((max_epochs,), bool)
     return lax.fori_loop(0, n_epochs, body, (state, buffers, diverged))
-

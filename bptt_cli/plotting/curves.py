@@ -19,14 +19,24 @@ SMOOTHING = 30
 
 # Per problem: panel title for a level, y range, figure title, and which levels fill the panels.
 LAYOUTS = {
-    "cartpole": {"title": "Cartpole", "panel": "Number of poles: {}", "ylim": (1e-6, 3), "ylabel": "test loss"},
+    "cartpole": {
+        "title": "Cartpole",
+        "panel": "Number of poles: {}",
+        "ylim": (1e-6, 3),
+        "ylabel": "test loss",
+    },
     "guidance": {
         "title": "Guidance by repulsion",
         "panel": "Regularization: {}",
         "ylim": (0.4, 6),
         "ylabel": "test loss (total)",
     },
-    "quantum": {"title": "Quantum control", "panel": "Target state: {}", "ylim": (16.5, 135), "ylabel": "test loss"},
+    "quantum": {
+        "title": "Quantum control",
+        "panel": "Target state: {}",
+        "ylim": (16.5, 135),
+        "ylabel": "test loss",
+    },
 }
 
 
@@ -61,7 +71,11 @@ def band(rows: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.nd
     table = rows.pivot_table(index="epoch", columns="seed", values=column, aggfunc="first").sort_index()
     curves = np.stack([smooth(table[seed].to_numpy()) for seed in table.columns], axis=1)
     with np.errstate(all="ignore"):
-        q25, q50, q75 = np.nanpercentile(curves, [25, 50, 75], axis=1) if np.isfinite(curves).any() else [curves[:, 0]] * 3
+        q25, q50, q75 = (
+            np.nanpercentile(curves, [25, 50, 75], axis=1)
+            if np.isfinite(curves).any()
+            else [curves[:, 0]] * 3
+        )
     return table.index.to_numpy(), q25, q50, q75
 
 
@@ -76,7 +90,9 @@ def _draw(ax, rows: pd.DataFrame, column: str, flows: list[str]) -> None:
     for (flow, clip), curve in rows.groupby(["flow", "clip"], sort=False):
         epochs, q25, q50, q75 = band(curve, column)
         colour = flow_colour(flow, flows)
-        ax.plot(epochs, q50, color=colour, linestyle=CLIP_STYLES.get(clip, "-"), lw=1.4, label=f"{flow} {clip}")
+        ax.plot(
+            epochs, q50, color=colour, linestyle=CLIP_STYLES.get(clip, "-"), lw=1.4, label=f"{flow} {clip}"
+        )
         if curve["seed"].nunique() > 1:
             ax.fill_between(epochs, q25, q75, color=colour, alpha=0.18, lw=0)
 
@@ -100,7 +116,13 @@ def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[
         # Three loss panels and the update size at the hardest target (SPEC §8).
         for level in levels[:3]:
             panels.append((layout["panel"].format(int(level) - 1), rows[rows["level"] == level], "test_loss"))
-        panels.append(("Update size (target state {})".format(int(levels[-1]) - 1), rows[rows["level"] == levels[-1]], "update_sq_norm"))
+        panels.append(
+            (
+                f"Update size (target state {int(levels[-1]) - 1})",
+                rows[rows["level"] == levels[-1]],
+                "update_sq_norm",
+            )
+        )
     else:
         for level in levels[:4]:
             panels.append((layout["panel"].format(level), rows[rows["level"] == level], "test_loss"))
@@ -135,6 +157,7 @@ def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
+    os.chmod(tmp, 0o644)
     try:
         fig.savefig(tmp, dpi=130)
         os.replace(tmp, path)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from bptt_cli.core.task import ProblemDef
+if TYPE_CHECKING:
+    from bptt_cli.core.task import ProblemDef
 
 NAMES = ("cartpole", "guidance", "quantum")
 

@@ -37,7 +37,13 @@ class Params:
 
 def step(x: jax.Array, u: jax.Array, params: Params = Params()) -> jax.Array:
     """One semi-implicit Euler step for ONE sample: ``x (1+P, 2)``, scalar force ``u``."""
-    g, m, big_m, length, dt = params.gravity, params.pole_mass, params.total_mass, params.pole_length, params.dt
+    g, m, big_m, length, dt = (
+        params.gravity,
+        params.pole_mass,
+        params.total_mass,
+        params.pole_length,
+        params.dt,
+    )
     force = jnp.reshape(u, ())
     theta, theta_dot = x[1:, 0], x[1:, 1]
     s, c = jnp.sin(theta), jnp.cos(theta)
