@@ -270,6 +270,17 @@ def _train_group(key, group, out, checkpoints, report, progress, bar, interrupt,
             return runs_done
     for spec in group:
         report.completed.append(spec.run_id)
+    final = (
+        np.nanmedian(metrics["test_loss"][: len(rows), n - 1])
+        if key.start_epoch < key.epochs
+        else float("nan")
+    )
+    progress.console.print(
+        f"{label}: {len(rows)} run-seed(s) × {key.epochs - key.start_epoch} epochs in "
+        f"{time.time() - min(started.values()):.0f} s (compile {compile_seconds:.1f} s), "
+        f"median final test loss {final:.4g}",
+        markup=False,
+    )
     runs_done += len(group)
     progress.update(bar, runs=f"{runs_done}/{progress.tasks[0].fields['runs'].split('/')[1]}")
     return runs_done

@@ -1,0 +1,89 @@
+"""The outcome table and the curve smoothing on synthetic results with known answers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bptt_cli import summary
+from bptt_cli.plotting import curves
+
+
+def synthetic() -> pd.DataFrame:
+    """Two configurations × three seeds × 10 epochs with hand-made test losses."""
+    rows = []
+    for flow, offsets in (("C", (0.0, 1.0, 2.0)), ("R", (10.0, 20.0, 30.0))):
+        for seed, offset in zip((0, 1, 2), offsets, strict=True):
+            for epoch in range(1, 11):
+                rows.append(
+                    {
+                        "experiment": "syn",
+                        "run_id": f"syn-{flow}",
+                        "problem": "cartpole",
+                        "level_key": "n_poles",
+                        "level": 1,
+                        "flow": flow,
+                        "clip": "NORM",
+                        "seed": seed,
+                        "epoch": epoch,
+                        # C: 11 - epoch + offset, so the median seed (offset 1) is 12 - epoch.
+                        "test_loss": (11 - epoch + offset) if flow == "C" else offset,
+                        "diverged": flow == "R" and seed == 2 and epoch >= 5,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_summary_known_answers():
+    table = summary.summarize(synthetic(), {"syn-C": 5.0, "syn-R": None}).set_index("flow")
+    c, r = table.loc["C"], table.loc["R"]
+    assert c["n_seeds"] == 3 and c["epochs"] == 10
+    # Final epoch: losses 1, 2, 3 -> median 2, quartiles 1.5 and 2.5.
+    assert (c["final_test_median"], c["final_test_q25"], c["final_test_q75"]) == (2.0, 1.5, 2.5)
+    assert c["best_test_loss"] == 2.0  # each seed's minimum is its final value
+    assert c["first_epoch_below"] == 8  # median curve 12 - epoch < 5 first at epoch 8
+    assert c["n_diverged"] == 0
+    assert r["final_test_median"] == 20.0 and r["n_diverged"] == 1
+    assert pd.isna(r["first_epoch_below"])  # no threshold
+
+
+def test_threshold_never_reached_and_markdown():
+    table = summary.summarize(synthetic(), {"syn-C": 0.5, "syn-R": 0.5})
+    assert table["first_epoch_below"].isna().all()
+    text = summary.to_markdown(table)
+    lines = text.strip().splitlines()
+    assert len(lines) == 2 + 2
+    assert "| syn | n_poles=1 | C | NORM | 3 | 10 | 2 [1.5, 2.5] | 2 | never (< 0.5) | 0 |" in text
+
+
+def test_moving_average_front_padded():
+    values = np.array([4.0, 2.0, 6.0, 8.0])
+    out = curves.smooth(values, window=3)
+    np.testing.assert_allclose(out, [4.0, (4 + 4 + 2) / 3, (4 + 2 + 6) / 3, (2 + 6 + 8) / 3])
+    assert curves.smooth(np.ones(50)).shape == (50,)
+    np.testing.assert_allclose(curves.smooth(np.full(40, 3.0)), 3.0)
+
+
+def test_band_is_median_and_quartiles_of_smoothed_seeds():
+    frame = synthetic().query("flow == 'R'")
+    epochs, q25, q50, q75 = curves.band(frame, "test_loss")
+    np.testing.assert_array_equal(epochs, np.arange(1, 11))
+    np.testing.assert_allclose(q50, 20.0)
+    np.testing.assert_allclose(q25, 15.0)
+    np.testing.assert_allclose(q75, 25.0)
+
+
+def test_latest_runs_prefers_the_longest():
+    short = synthetic().query("flow == 'C' and epoch <= 3").assign(run_id="syn-C-short")
+    kept = curves.latest_runs(pd.concat([synthetic(), short]))
+    assert "syn-C-short" not in set(kept["run_id"])
+    assert set(kept["run_id"]) == {"syn-C", "syn-R"}
+
+
+@pytest.mark.parametrize("window", [1, 30])
+def test_smoothing_window_one_is_identity_and_trailing(window):
+    values = np.arange(100, dtype=float)
+    out = curves.smooth(values, window)
+    if window == 1:
+        np.testing.assert_array_equal(out, values)
+    else:  # a trailing average lags a ramp by (window - 1) / 2 once past the padding
+        np.testing.assert_allclose(out[40:], values[40:] - (window - 1) / 2)
