@@ -119,3 +119,16 @@ def test_clip_value_rows_share_the_program_and_differ(task, data):
     assert not np.allclose(m["test_loss"][0], m["test_loss"][1])
     # update_sq_norm is measured before clipping, so the first update sees the same gradient.
     assert m["batch_loss"][0, 0] == m["batch_loss"][1, 0]
+
+
+def test_chunk_length_is_traced_not_recompiled(task, data):
+    """One compiled program serves every chunk length (the runner adapts it on the fly)."""
+    _, chunk = program(task, "R")
+    hy = hypers([7, 8, 9, 10, 11])  # a row count no other test uses
+    init, _ = program(task, "R")
+    state = init(hy)
+    state, _, _ = chunk(state, hy, *data, jnp.int32(1))
+    size = chunk._cache_size()
+    for n in (2, 3, 1):
+        state, _, _ = chunk(state, hy, *data, jnp.int32(n))
+    assert chunk._cache_size() == size

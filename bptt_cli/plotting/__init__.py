@@ -9,6 +9,22 @@ import matplotlib
 matplotlib.use("Agg")
 
 
+def save_figure(fig, out_dir: Path, stem: str, dpi: int = 130) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.pdf``, each atomically."""
+    import io
+
+    from bptt_cli.results import write_atomic
+
+    written = []
+    for ext in ("png", "pdf"):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=ext, dpi=dpi)
+        path = out_dir / f"{stem}.{ext}"
+        write_atomic(path, buffer.getvalue())
+        written.append(path)
+    return written
+
+
 def plot_all(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Every figure the results under ``results_dir`` allow, plus ``summary.csv``/``summary.md``.
 

@@ -3,13 +3,13 @@ interquartile band, trailing moving average of window 30, colours by flow, line 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from bptt_cli.plotting import save_figure
 
 FLOW_COLOURS = {"R": "#ef476f", "M": "#ffd166", "C": "#06d6a0", "S": "#073b4c"}
 EXTRA_COLOURS = ("#118ab2", "#8d99ae", "#6a4c93", "#f78c6b")  # truncated flows T<k>
@@ -147,21 +147,6 @@ def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[
     fig.suptitle(f"{layout['title']} ({experiment}): {note}moving average of {SMOOTHING} epochs")
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
-    written = [_save(fig, out_dir / f"{experiment}.{ext}") for ext in ("png", "pdf")]
+    written = save_figure(fig, out_dir, experiment)
     plt.close(fig)
     return written
-
-
-def _save(fig, path: Path) -> Path:
-    """Save atomically: a reader never sees half a figure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    try:
-        fig.savefig(tmp, dpi=130)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -9,19 +9,15 @@ otherwise let the largest vectors dominate the interpolation between grid points
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib import patheffects
 from matplotlib.colors import LogNorm
+
+from bptt_cli.plotting import save_figure
 
 FIG1_TITLES = {
     "R": r"Field of $-R$ (regular BPTT)",
@@ -76,7 +72,7 @@ def plot_fig1(fields: pd.DataFrame, out_dir: Path) -> list[Path]:
         r"4 steps from $x_0 = -0.3$ towards 2"
     )
     fig.tight_layout()
-    written = [_save(fig, out_dir / f"toy_fig1.{ext}") for ext in ("png", "pdf")]
+    written = save_figure(fig, out_dir, "toy_fig1")
     plt.close(fig)
     return written
 
@@ -90,22 +86,9 @@ def plot_fig2(fields: pd.DataFrame, paths: pd.DataFrame, out_dir: Path) -> list[
         path = paths[paths["field"] == name].sort_values("step")
         outline = [patheffects.Stroke(linewidth=3.6, foreground="black"), patheffects.Normal()]
         ax.plot(path["theta1"], path["theta2"], color=FIG2_COLOURS[name], lw=2.0, path_effects=outline)
-        ax.plot(
-            *path[["theta1", "theta2"]].iloc[0],
-            marker="*",
-            ms=15,
-            color=FIG2_COLOURS[name],
-            mec="black",
-            label="start",
-        )
-        ax.plot(
-            *path[["theta1", "theta2"]].iloc[-1],
-            marker="o",
-            ms=7,
-            color=FIG2_COLOURS[name],
-            mec="black",
-            label="end",
-        )
+        for row, marker, size, label in ((0, "*", 15, "start"), (-1, "o", 7, "end")):
+            point = path[["theta1", "theta2"]].iloc[row]
+            ax.plot(*point, marker=marker, ms=size, color=FIG2_COLOURS[name], mec="black", label=label)
         ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
         ax.set_title(FIG2_TITLES[name])
         _square(ax, rows)
@@ -124,7 +107,7 @@ def plot_fig2(fields: pd.DataFrame, paths: pd.DataFrame, out_dir: Path) -> list[
         "instead of the gradient (paper Fig. 2)"
     )
     fig.tight_layout()
-    written = [_save(fig, out_dir / f"toy_fig2.{ext}") for ext in ("png", "pdf")]
+    written = save_figure(fig, out_dir, "toy_fig2")
     plt.close(fig)
     return written
 
@@ -173,18 +156,3 @@ def _square(ax, rows: pd.DataFrame) -> None:
     ax.set_aspect("equal")
     ax.set_xlabel(THETA1)
     ax.set_ylabel(THETA2)
-
-
-def _save(fig, path: Path) -> Path:
-    """Save atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is meant to be shared
-        fig.savefig(tmp, dpi=130)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
