@@ -155,7 +155,11 @@ def check_writable(folder: Path) -> None:
 
 def read_results(root: Path) -> pd.DataFrame:
     """Every run CSV below ``root`` in one long frame (empty frame when there is none)."""
-    frames = [pd.read_csv(p) for p in sorted(root.rglob("*.csv")) if _is_run_csv(p, root)]
+    # Levels stay text ("2", "0.01"): integer and float levels of different problems would
+    # otherwise be merged into one float column.
+    frames = [
+        pd.read_csv(p, dtype={"level": str}) for p in sorted(root.rglob("*.csv")) if _is_run_csv(p, root)
+    ]
     frames = [f for f in frames if "run_id" in f.columns and not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

@@ -57,8 +57,13 @@ def summarize(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Da
             }
         )
     table = pd.DataFrame(rows, columns=COLUMNS)
+    table = table.sort_values(["experiment", "level", "flow", "clip"], key=_numeric_levels, ignore_index=True)
     table["first_epoch_below"] = table["first_epoch_below"].astype("Int64")
     return table
+
+
+def _numeric_levels(column: pd.Series) -> pd.Series:
+    return pd.to_numeric(column, errors="coerce") if column.name == "level" else column
 
 
 def _nan_stat(fn, values: np.ndarray) -> float:

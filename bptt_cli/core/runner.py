@@ -30,6 +30,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -99,6 +100,20 @@ class _Interrupt:
         self.requested = True
 
 
+@dataclass
+class _Session:
+    """State shared by the groups of one ``run`` call."""
+
+    out: Path
+    checkpoints: dict[str, tuple[list[np.ndarray], int]]
+    report: Report
+    progress: Progress
+    bar: TaskID
+    interrupt: _Interrupt
+    runs_total: int
+    runs_done: int = 0
+
+
 def run(specs: list[RunSpec], out: Path, force: bool = False, console: Console | None = None) -> Report:
     """Train every run in ``specs`` (skipping finished ones unless ``force``) under ``out``."""
     console = console or Console(stderr=True)
@@ -124,18 +139,19 @@ def run(specs: list[RunSpec], out: Path, force: bool = False, console: Console |
 
     if report.skipped:
         console.print(f"{len(report.skipped)} run(s) already complete, skipped (--force recomputes them)")
+    if report.resumed:
+        console.print(f"{len(report.resumed)} interrupted run(s) resume from their last committed epoch")
     if not pending:
         return report
 
     interrupt = _Interrupt()
     total = sum((s.epochs - k.start_epoch) * len(s.seeds) for k, group in pending.items() for s in group)
+    n_runs = sum(map(len, pending.values()))
     with _progress(console) as progress, interrupt.installed():
-        bar = progress.add_task("starting", total=total, runs=f"0/{sum(map(len, pending.values()))}", loss="")
-        runs_done = 0
+        bar = progress.add_task("starting", total=total, runs=f"0/{n_runs}", loss="")
+        session = _Session(out, checkpoints, report, progress, bar, interrupt, n_runs)
         for key, group in pending.items():
-            runs_done = _train_group(
-                key, group, out, checkpoints, report, progress, bar, interrupt, runs_done
-            )
+            _train_group(key, group, session)
             if interrupt.requested:
                 report.interrupted = True
                 break
@@ -196,94 +212,75 @@ def _shard(rows: int) -> tuple[int, NamedSharding | None, NamedSharding | None]:
     return padded, NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec())
 
 
-def _train_group(key, group, out, checkpoints, report, progress, bar, interrupt, runs_done) -> int:
-    problem = problems.get(key.problem)
-    task = problem.make_task(key.static_level, dict(key.options))
+def _train_group(key: _GroupKey, group: list[RunSpec], session: _Session) -> None:
+    """Train one program's runs to the end (or to an interrupt), committing every chunk."""
+    task = problems.get(key.problem).make_task(key.static_level, dict(key.options))
     x_train, x_test = task.sample_data(jax.random.key(key.data_seed), key.n_data)
     rows = [(spec, seed) for spec in group for seed in spec.seeds]
     padded, row_sharding, replicated = _shard(len(rows))
     rows_padded = rows + [rows[-1]] * (padded - len(rows))
-
-    thresholds = [clip_thresholds(spec.clip, spec.clip_value, spec.clip_norm) for spec, _ in rows_padded]
-    hypers = train.Hypers(
-        key=jax.vmap(jax.random.key)(jnp.asarray([seed for _, seed in rows_padded])),
-        learning_rate=jnp.asarray([spec.learning_rate for spec, _ in rows_padded], jnp.float32),
-        clip_value=jnp.asarray([t[0] for t in thresholds], jnp.float32),
-        clip_norm=jnp.asarray([t[1] for t in thresholds], jnp.float32),
-        level=jnp.asarray([float(spec.level) for spec, _ in rows_padded], jnp.float32),
-    )
+    hypers = _hypers(rows_padded)
     state = jax.jit(jax.vmap(partial(train.init_state, task, key.setup)))(hypers)
-    state = _restore(state, rows_padded, checkpoints)
+    state = _restore(state, rows_padded, session.checkpoints)
     if row_sharding is not None:
         hypers, state = jax.device_put((hypers, state), row_sharding)
         x_train, x_test = jax.device_put((x_train, x_test), replicated)
 
+    progress, bar = session.progress, session.bar
     label = _label(key, group)
     progress.update(bar, description=f"{label}: compiling")
     t0 = time.perf_counter()
     compiled = _program(key, task).lower(state, hypers, x_train, x_test, jnp.int32(1)).compile()
     compile_seconds = time.perf_counter() - t0
-    for spec in group:
-        report.compile_seconds[spec.run_id] = compile_seconds
+    session.report.compile_seconds.update({spec.run_id: compile_seconds for spec in group})
     progress.update(bar, description=label)
 
-    folder = out / group[0].experiment
+    folder = session.out / group[0].experiment
+    bounds = np.cumsum([0] + [len(spec.seeds) for spec in group])
+    slices = {spec.run_id: slice(lo, hi) for spec, lo, hi in zip(group, bounds[:-1], bounds[1:], strict=True)}
     frames = {spec.run_id: _previous_rows(folder, spec, key.start_epoch) for spec in group}
-    done, n_chunk = key.start_epoch, 1
-    started = {spec.run_id: time.time() for spec in group}
-    while done < key.epochs:
+    started = time.time()
+    done, n_chunk, test_loss = key.start_epoch, 1, float("nan")
+    while done < key.epochs and not session.interrupt.requested:
         n = min(n_chunk, key.epochs - done)
         t0 = time.perf_counter()
         state, metrics, diverged = compiled(state, hypers, x_train, x_test, jnp.int32(n))
         metrics, diverged, leaves = jax.device_get((metrics, diverged, jax.tree.leaves(state)))
         seconds = (time.perf_counter() - t0) / n
-        for i, spec in enumerate(group):
-            lo = sum(len(s.seeds) for s in group[:i])
-            rows_slice = slice(lo, lo + len(spec.seeds))
-            new = _rows(
-                spec,
-                done,
-                n,
-                {k: v[rows_slice, :n] for k, v in metrics.items()},
-                diverged[rows_slice, :n],
-                seconds,
-            )
-            frames[spec.run_id] = (
-                pd.concat([frames[spec.run_id], new], ignore_index=True)
-                if frames[spec.run_id] is not None
-                else new
-            )
+        for spec in group:
+            rows_of = slices[spec.run_id]
+            chunk_metrics = {name: values[rows_of, :n] for name, values in metrics.items()}
+            frames[spec.run_id].append(_rows(spec, done, n, chunk_metrics, diverged[rows_of, :n], seconds))
+            run_state = [leaf[rows_of] for leaf in leaves]
             _commit(
-                folder,
-                spec,
-                frames[spec.run_id],
-                [leaf[rows_slice] for leaf in leaves],
-                done + n,
-                compile_seconds,
-                started[spec.run_id],
+                folder, spec, pd.concat(frames[spec.run_id]), run_state, done + n, compile_seconds, started
             )
         done += n
         n_chunk = int(np.clip(round(TARGET_CHUNK_SECONDS / max(seconds, 1e-6)), 1, _chunk_cap()))
-        test_loss = np.nanmedian(metrics["test_loss"][: len(rows), n - 1])
+        test_loss = float(np.nanmedian(metrics["test_loss"][: len(rows), n - 1]))
         progress.update(bar, advance=n * len(rows), loss=f"{test_loss:.4g}")
-        if interrupt.requested:
-            return runs_done
-    for spec in group:
-        report.completed.append(spec.run_id)
-    final = (
-        np.nanmedian(metrics["test_loss"][: len(rows), n - 1])
-        if key.start_epoch < key.epochs
-        else float("nan")
-    )
+    if done < key.epochs:
+        return
+    session.report.completed.extend(spec.run_id for spec in group)
+    session.runs_done += len(group)
+    progress.update(bar, runs=f"{session.runs_done}/{session.runs_total}")
     progress.console.print(
         f"{label}: {len(rows)} run-seed(s) × {key.epochs - key.start_epoch} epochs in "
-        f"{time.time() - min(started.values()):.0f} s (compile {compile_seconds:.1f} s), "
-        f"median final test loss {final:.4g}",
+        f"{time.time() - started:.0f} s (compile {compile_seconds:.1f} s), median final test loss {test_loss:.4g}",
         markup=False,
     )
-    runs_done += len(group)
-    progress.update(bar, runs=f"{runs_done}/{progress.tasks[0].fields['runs'].split('/')[1]}")
-    return runs_done
+
+
+def _hypers(rows: list[tuple[RunSpec, int]]) -> train.Hypers:
+    """The per-row numbers of a program: init key, learning rate, clip thresholds, level."""
+    thresholds = [clip_thresholds(spec.clip, spec.clip_value, spec.clip_norm) for spec, _ in rows]
+    return train.Hypers(
+        key=jax.vmap(jax.random.key)(jnp.asarray([seed for _, seed in rows])),
+        learning_rate=jnp.asarray([spec.learning_rate for spec, _ in rows], jnp.float32),
+        clip_value=jnp.asarray([value for value, _ in thresholds], jnp.float32),
+        clip_norm=jnp.asarray([norm for _, norm in thresholds], jnp.float32),
+        level=jnp.asarray([float(spec.level) for spec, _ in rows], jnp.float32),
+    )
 
 
 def _label(key: _GroupKey, group: list[RunSpec]) -> str:
@@ -310,10 +307,12 @@ def _restore(state, rows_padded, checkpoints):
     return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves])
 
 
-def _previous_rows(folder: Path, spec: RunSpec, start_epoch: int) -> pd.DataFrame | None:
+def _previous_rows(folder: Path, spec: RunSpec, start_epoch: int) -> list[pd.DataFrame]:
+    """The committed rows of a resumed run (empty list for a fresh one)."""
     if start_epoch == 0:
-        return None
-    return results.load_rows(results.RunFiles.of(folder, spec.run_id).csv, start_epoch)
+        return []
+    rows = results.load_rows(results.RunFiles.of(folder, spec.run_id).csv, start_epoch)
+    return [] if rows is None else [rows]
 
 
 def _rows(

@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from bptt_cli.plotting import save_figure
 
@@ -86,6 +87,14 @@ def flow_colour(flow: str, flows: list[str]) -> str:
     return EXTRA_COLOURS[extras.index(flow) % len(EXTRA_COLOURS)]
 
 
+def _plain_ticks(ax, narrow: bool) -> None:
+    """On a log axis spanning under two decades, label 1-2-5 ticks as plain numbers."""
+    if narrow:
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _draw(ax, rows: pd.DataFrame, column: str, flows: list[str]) -> None:
     for (flow, clip), curve in rows.groupby(["flow", "clip"], sort=False):
         epochs, q25, q50, q75 = band(curve, column)
@@ -131,6 +140,7 @@ def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[
     for ax, (title, panel_rows, column) in zip(axes.flat, panels, strict=False):
         _draw(ax, panel_rows, column, flows)
         ax.set_yscale("log")
+        _plain_ticks(ax, column == "test_loss" and layout["ylim"][1] / layout["ylim"][0] < 100)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         if column == "update_sq_norm":
