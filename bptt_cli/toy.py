@@ -87,6 +87,22 @@ def fig1_point(flow: str, theta: jax.Array) -> tuple[jax.Array, jax.Array]:
 _fig1_batch = jax.jit(jax.vmap(fig1_point, in_axes=(None, 0)), static_argnums=0)
 
 
+def _field_frame(
+    name: str, t1: np.ndarray, t2: np.ndarray, loss: np.ndarray, field: np.ndarray
+) -> pd.DataFrame:
+    """Tidy rows of one field on the grid; the stored direction is the descent one, ``-field``."""
+    return pd.DataFrame(
+        {
+            "field": name,
+            "theta1": t1,
+            "theta2": t2,
+            "loss": loss,
+            "descent_theta1": -field[:, 0],
+            "descent_theta2": -field[:, 1],
+        }
+    )
+
+
 def fig1_fields(n_grid: int = 81) -> pd.DataFrame:
     """Loss and the descent directions −R and −M on an ``n_grid × n_grid`` grid over [−4, 4]².
 
@@ -100,18 +116,7 @@ def fig1_fields(n_grid: int = 81) -> pd.DataFrame:
     for flow in FIG1_FLOWS:
         loss, grad = _fig1_batch(flow, thetas)
         loss, grad = np.asarray(loss, dtype=float), np.asarray(grad, dtype=float)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "field": flow,
-                    "theta1": t1,
-                    "theta2": t2,
-                    "loss": loss,
-                    "descent_theta1": -grad[:, 0],
-                    "descent_theta2": -grad[:, 1],
-                }
-            )
-        )
+        frames.append(_field_frame(flow, t1, t2, loss, grad))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -155,18 +160,7 @@ def fig2_fields(n_grid: int = 41) -> pd.DataFrame:
     frames = []
     for name in FIG2_FIELDS:
         field = np.asarray(_fig2_batch(name, thetas), dtype=float)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "field": name,
-                    "theta1": t1,
-                    "theta2": t2,
-                    "loss": loss,
-                    "descent_theta1": -field[:, 0],
-                    "descent_theta2": -field[:, 1],
-                }
-            )
-        )
+        frames.append(_field_frame(name, t1, t2, loss, field))
     return pd.concat(frames, ignore_index=True)
 
 
