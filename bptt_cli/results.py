@@ -6,9 +6,10 @@ Layout under ``<out>/<experiment>/``, per run (one configuration, all its seeds)
 - ``<run_id>.json``: the resolved configuration, versions, device and progress;
 - ``<run_id>.ckpt.npz``: the training state after the last written epoch (for resume).
 
-A chunk of epochs is committed by writing the CSV first and the checkpoint second, each
-atomically (temporary file + ``os.replace``). The checkpoint's epoch count is the truth: rows
-beyond it (a kill between the two writes) are dropped on resume and recomputed identically.
+A chunk of epochs is committed by writing the CSV, the sidecar and the checkpoint, in that
+order, each atomically (temporary file + ``os.replace``). The checkpoint, written last, is the
+truth: a run is complete when its checkpoint holds every epoch, and on resume CSV rows beyond
+the checkpoint (a kill between the writes) are dropped and recomputed identically.
 """
 
 from __future__ import annotations
@@ -85,18 +86,6 @@ class RunFiles:
     def remove(self) -> None:
         for path in (self.csv, self.meta, self.checkpoint):
             path.unlink(missing_ok=True)
-
-
-def read_meta(files: RunFiles) -> dict[str, Any] | None:
-    try:
-        return json.loads(files.meta.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def is_complete(files: RunFiles) -> bool:
-    meta = read_meta(files)
-    return bool(meta and meta.get("status") == "complete" and files.csv.exists())
 
 
 def save_checkpoint(path: Path, leaves: list[np.ndarray], epochs_done: int) -> None:

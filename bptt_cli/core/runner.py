@@ -124,18 +124,18 @@ def run(specs: list[RunSpec], out: Path, force: bool = False, console: Console |
         files = results.RunFiles.of(out / spec.experiment, spec.run_id)
         if force:
             files.remove()
-        elif results.is_complete(files):
+        # The checkpoint is written last in every commit: its epoch count is what is done.
+        saved = results.load_checkpoint(files.checkpoint)
+        done = saved[1] if saved is not None and files.csv.exists() else 0
+        if done >= spec.epochs:
             report.skipped.append(spec.run_id)
             continue
-        start = 0
-        saved = results.load_checkpoint(files.checkpoint)
-        if saved is not None and 0 < saved[1] < spec.epochs:
+        if done > 0:
             checkpoints[spec.run_id] = saved
-            start = saved[1]
             report.resumed.append(spec.run_id)
-        elif files.exist() and saved is None:
-            files.remove()  # started but no epoch committed: nothing to keep
-        pending[_group_key(spec, start)].append(spec)
+        elif files.exist():
+            files.remove()  # started, but no epoch committed: nothing to keep
+        pending[_group_key(spec, done)].append(spec)
 
     if report.skipped:
         console.print(f"{len(report.skipped)} run(s) already complete, skipped (--force recomputes them)")
@@ -345,10 +345,10 @@ def _rows(
 
 
 def _commit(folder, spec, frame, leaves, epochs_done, compile_seconds, started) -> None:
+    """CSV, then sidecar, then checkpoint: the checkpoint (last) says what is committed."""
     files = results.RunFiles.of(folder, spec.run_id)
     frame = frame.sort_values(["seed", "epoch"], kind="stable")
     results.write_csv(files.csv, frame)
-    results.save_checkpoint(files.checkpoint, leaves, epochs_done)
     results.write_json(
         files.meta,
         {
@@ -363,3 +363,4 @@ def _commit(folder, spec, frame, leaves, epochs_done, compile_seconds, started) 
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
+    results.save_checkpoint(files.checkpoint, leaves, epochs_done)

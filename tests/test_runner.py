@@ -1,0 +1,84 @@
+"""The runner in process: a death between the CSV and the checkpoint write, and programs shared
+by runs that differ only in numbers."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bptt_cli import config, results
+from bptt_cli.core import runner
+
+TINY = """
+problem = "guidance"
+[grid]
+levels = [0.1, 0.001]
+flows = ["R"]
+clips = ["NORM", "NONE"]
+[train]
+epochs = 4
+seeds = 2
+seed = 0
+data_seed = 3
+n_data = 8
+batch_size = 8
+optimizer = "adam"
+learning_rate = 1e-3
+clip_value = 1.0
+clip_norm = 1.0
+"""
+
+
+@pytest.fixture
+def specs(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(TINY)
+    return config.resolve(config.load(str(path)))
+
+
+def frame(folder: Path) -> pd.DataFrame:
+    parts = [pd.read_csv(p) for p in sorted(folder.glob("*.csv"))]
+    return pd.concat(parts).drop(columns="epoch_seconds").sort_values(["run_id", "seed", "epoch"])
+
+
+def test_numeric_levels_and_clips_share_one_program(specs, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_PROGRAMS", {})
+    report = runner.run(specs, tmp_path / "a")
+    assert len(report.completed) == 4
+    assert len(runner._PROGRAMS) == 1  # 2 rc × 2 clips × 2 seeds: one compiled program
+    assert len(set(report.compile_seconds.values())) == 1
+    table = frame(tmp_path / "a" / "g")
+    assert {"batch_physics_loss", "train_physics_loss", "test_physics_loss"} <= set(table.columns)
+    assert len(table) == 4 * 2 * 4
+
+
+def test_death_between_csv_and_checkpoint_loses_nothing(specs, tmp_path, monkeypatch):
+    runner.run(specs, tmp_path / "ref")
+
+    monkeypatch.setenv("BPTT_CHUNK_EPOCHS", "1")
+    real_save = results.save_checkpoint
+    calls = {"n": 0}
+
+    def dying_save(path, leaves, epochs_done):
+        calls["n"] += 1
+        if calls["n"] == 6:  # second chunk, second run: its CSV already holds epoch 2
+            raise SystemExit("killed")
+        real_save(path, leaves, epochs_done)
+
+    monkeypatch.setattr(results, "save_checkpoint", dying_save)
+    with pytest.raises(SystemExit):
+        runner.run(specs, tmp_path / "out")
+    monkeypatch.setattr(results, "save_checkpoint", real_save)
+
+    folder = tmp_path / "out" / "g"
+    ahead = [p for p in folder.glob("*.csv") if pd.read_csv(p)["epoch"].max() == 2]
+    assert ahead, "some CSV is ahead of its checkpoint"
+    report = runner.run(specs, tmp_path / "out")
+    assert len(report.resumed) == 4 and not report.skipped
+    pd.testing.assert_frame_equal(frame(folder), frame(tmp_path / "ref" / "g"))
+
+    # Everything is complete now: a third call trains nothing and touches nothing.
+    stamps = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again = runner.run(specs, tmp_path / "out")
+    assert len(again.skipped) == 4 and not again.completed
+    assert stamps == {p: p.stat().st_mtime_ns for p in folder.iterdir()}
