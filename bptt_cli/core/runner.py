@@ -183,7 +183,8 @@ def _progress(console: Console) -> Iterator[Progress]:
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    # Off when stderr is not a terminal (CI logs, files): the per-program lines say enough.
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
         yield progress
 
 
