@@ -170,13 +170,16 @@ def _select_device(device: str) -> None:
     if device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
     elif device == "gpu":
-        os.environ["JAX_PLATFORMS"] = "cuda"
+        # jax already prefers a GPU when it has one; here we only refuse to fall back to the CPU.
         import jax
 
         try:
             jax.devices("gpu")
-        except RuntimeError:
-            raise UserError("device 'gpu' requested but jax sees no GPU; allowed here: auto, cpu") from None
+        except Exception:  # jax raises RuntimeError, or asserts when every backend is filtered out
+            raise UserError(
+                "device 'gpu' requested but jax sees no GPU (install the CUDA build: make install-gpu); "
+                "allowed here: auto, cpu"
+            ) from None
 
 
 def _check_out(folder: Path) -> None:

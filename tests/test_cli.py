@@ -103,6 +103,7 @@ BAD = [
     (["cartpole", "--epochs", "many"], "'--epochs'"),
     (["cartpole", "--bogus"], "--bogus"),
     (["cartpole", "--device", "tpu"], "unknown device 'tpu'"),
+    (["cartpole", "--device", "gpu"], "jax sees no GPU"),  # the tests pin JAX_PLATFORMS=cpu
 ]
 
 
