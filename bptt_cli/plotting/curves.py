@@ -136,7 +136,12 @@ def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[
         for level in levels[:4]:
             panels.append((layout["panel"].format(level), rows[rows["level"] == level], "test_loss"))
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), squeeze=False)
+    # The paper's 2×2 grid; fewer panels (a subset of levels) get a smaller grid.
+    n_cols = 1 if len(panels) == 1 else 2
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(max(8.0, 5.5 * n_cols + 0.5), 3.6 * n_rows + 1.2), squeeze=False
+    )
     for ax, (title, panel_rows, column) in zip(axes.flat, panels, strict=False):
         _draw(ax, panel_rows, column, flows)
         ax.set_yscale("log")
@@ -154,9 +159,9 @@ def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[
     handles, labels = axes.flat[0].get_legend_handles_labels()
     n_seeds = rows.groupby("run_id")["seed"].nunique().max()
     note = f"median over {n_seeds} seeds, band = interquartile range; " if n_seeds > 1 else "one seed; "
-    fig.suptitle(f"{layout['title']} ({experiment}): {note}moving average of {SMOOTHING} epochs")
+    fig.suptitle(f"{layout['title']} ({experiment})\n{note}moving average of {SMOOTHING} epochs", fontsize=11)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
+    fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1 - 0.6 / fig.get_figheight()))
     written = save_figure(fig, out_dir, experiment)
     plt.close(fig)
     return written
