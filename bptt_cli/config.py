@@ -118,8 +118,10 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        """Readable prefix plus a hash of the whole configuration: equal ids, equal runs."""
-        payload = json.dumps(self.as_dict(), sort_keys=True, default=str)
+        """Readable prefix plus a hash of the configuration: equal ids, equal runs. The summary
+        threshold is presentation, not identity, and stays out of the hash."""
+        identity = {k: v for k, v in self.as_dict().items() if k != "threshold"}
+        payload = json.dumps(identity, sort_keys=True, default=str)
         digest = hashlib.sha1(payload.encode()).hexdigest()[:10]
         return f"{self.problem}-{self.level_key}{self.level}-{self.flow}-{self.clip}-{digest}"
 

@@ -82,3 +82,16 @@ def test_death_between_csv_and_checkpoint_loses_nothing(specs, tmp_path, monkeyp
     again = runner.run(specs, tmp_path / "out")
     assert len(again.skipped) == 4 and not again.completed
     assert stamps == {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_threshold_is_not_identity(specs, tmp_path):
+    import dataclasses
+    import json
+
+    runner.run(specs, tmp_path / "a")
+    changed = [dataclasses.replace(spec, threshold=0.5) for spec in specs]
+    assert [s.run_id for s in changed] == [s.run_id for s in specs]
+    report = runner.run(changed, tmp_path / "a")
+    assert len(report.skipped) == 4 and not report.completed
+    for meta in (tmp_path / "a" / "g").glob("*.json"):
+        assert json.loads(meta.read_text())["config"]["threshold"] == 0.5

@@ -9,6 +9,7 @@ in flight and a rerun resumes exactly where the files end.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -128,6 +129,7 @@ def run(specs: list[RunSpec], out: Path, force: bool = False, console: Console |
         saved = results.load_checkpoint(files.checkpoint)
         done = saved[1] if saved is not None and files.csv.exists() else 0
         if done >= spec.epochs:
+            _refresh_threshold(files, spec)
             report.skipped.append(spec.run_id)
             continue
         if done > 0:
@@ -156,6 +158,18 @@ def run(specs: list[RunSpec], out: Path, force: bool = False, console: Console |
                 report.interrupted = True
                 break
     return report
+
+
+def _refresh_threshold(files: results.RunFiles, spec: RunSpec) -> None:
+    """A finished run keeps its results; only the summary threshold it records follows the
+    definition (it is not part of the run id)."""
+    try:
+        meta = json.loads(files.meta.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    if meta.get("config", {}).get("threshold") != spec.threshold:
+        meta["config"]["threshold"] = spec.threshold
+        results.write_json(files.meta, meta)
 
 
 def _group_key(spec: RunSpec, start_epoch: int) -> _GroupKey:
