@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bptt_cli import problems
+
 BUILTIN_PACKAGE = "bptt_cli.experiments"
 
 
@@ -179,8 +181,6 @@ def _parse(name: str, origin: str, raw: dict[str, Any]) -> Experiment:
             f"unknown key {sorted(unknown)[0]!r} in {origin}; allowed: {', '.join(sorted(TOP_KEYS))}"
         )
     problem = raw.get("problem")
-    from bptt_cli import problems
-
     if problem not in (*problems.NAMES, "toy"):
         raise UserError(
             f"unknown problem {problem!r} in {origin}; allowed: {', '.join((*problems.NAMES, 'toy'))}"
@@ -230,8 +230,6 @@ def resolve(exp: Experiment, scale: str = "paper", **overrides: Any) -> list[Run
     ``overrides`` may hold ``levels``, ``flows``, ``clips`` (lists) and any ``[train]`` key;
     ``None`` values are ignored.
     """
-    from bptt_cli import problems
-
     scale_key = scale.lower()
     if scale_key not in scale_names(exp):
         raise UserError(f"unknown scale {scale!r} for {exp.name}; allowed: {', '.join(scale_names(exp))}")

@@ -14,6 +14,7 @@ the checkpoint (a kill between the writes) are dropped and recomputed identicall
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -115,6 +116,7 @@ def load_rows(path: Path, epochs_done: int) -> pd.DataFrame | None:
     return frame[frame["epoch"] <= epochs_done].reset_index(drop=True)
 
 
+@functools.cache
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -48,13 +48,6 @@ class TrainState(NamedTuple):
     diverged: Array  # bool: a non-finite loss or update was seen; the run stopped updating
 
 
-def metric_names(aux_metrics: tuple[str, ...]) -> tuple[str, ...]:
-    """Per-epoch metric columns (SPEC §4), extra loss parts included."""
-    base = ("batch_loss", "train_loss", "test_loss", "update_sq_norm", "cos_mr")
-    extra = tuple(f"{where}_{name}" for name in aux_metrics for where in ("batch", "train", "test"))
-    return base + extra
-
-
 def _optimizer(setup: Setup, hypers: Hypers) -> optax.GradientTransformation:
     return make_optimizer(setup.optimizer, hypers.learning_rate, hypers.clip_value, hypers.clip_norm)
 
