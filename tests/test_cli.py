@@ -222,24 +222,31 @@ def wait_for_epochs(folder: Path, proc: subprocess.Popen, at_least: int, timeout
     raise AssertionError("run did not progress in time")
 
 
-@pytest.mark.parametrize("how", ["kill", "interrupt"])
+@pytest.mark.parametrize("how", ["kill", "interrupt", "kill-two-devices"])
 def test_interrupted_run_resumes_to_identical_results(how, tmp_path, jax_cache):
     epochs = 12
-    path = definition(tmp_path, epochs=epochs, seeds=2)
-    reference = cli("bptt-run", path, "--out", tmp_path / "ref", cache=jax_cache, cwd=tmp_path)
+    # On two devices, 3 seeds of one clip are padded to 4 rows: resuming must leave padding alone.
+    two = how == "kill-two-devices"
+    seeds = 3 if two else 2
+    devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"} if two else {}
+    clips = ["--clip", "NORM"] if two else []
+    path = definition(tmp_path, epochs=epochs, seeds=seeds)
+    reference = cli(
+        "bptt-run", path, *clips, "--out", tmp_path / "ref", cache=jax_cache, cwd=tmp_path, **devices
+    )
     assert reference.returncode == 0, reference.stderr
 
     out = tmp_path / "res"
     proc = subprocess.Popen(
-        [str(BIN / "bptt-run"), str(path), "--out", str(out)],
+        [str(BIN / "bptt-run"), str(path), *clips, "--out", str(out)],
         cwd=tmp_path,
-        env=env_for(jax_cache, BPTT_CHUNK_EPOCHS="1"),
+        env=env_for(jax_cache, BPTT_CHUNK_EPOCHS="1", **devices),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     wait_for_epochs(out / "tiny", proc, at_least=2)
-    proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
+    proc.send_signal(signal.SIGINT if how == "interrupt" else signal.SIGKILL)
     _, stderr = proc.communicate(timeout=120)
     if how == "interrupt":
         assert proc.returncode == 130, stderr
@@ -253,9 +260,9 @@ def test_interrupted_run_resumes_to_identical_results(how, tmp_path, jax_cache):
     assert partial, "at least one chunk was committed"
     for frame in partial:
         assert not frame.duplicated(["seed", "epoch"]).any()
-    assert sum(len(f) for f in partial) < 4 * 2 * epochs
+    assert sum(len(f) for f in partial) < 4 * seeds * epochs
 
-    resumed = cli("bptt-run", path, "--out", out, cache=jax_cache, cwd=tmp_path)
+    resumed = cli("bptt-run", path, *clips, "--out", out, cache=jax_cache, cwd=tmp_path, **devices)
     assert resumed.returncode == 0, resumed.stderr
     pd.testing.assert_frame_equal(metrics(out / "tiny"), metrics(tmp_path / "ref" / "tiny"))
 

@@ -234,9 +234,11 @@ def _train_group(key: _GroupKey, group: list[RunSpec], session: _Session) -> Non
     rows = [(spec, seed) for spec in group for seed in spec.seeds]
     padded, row_sharding, replicated = _shard(len(rows))
     rows_padded = rows + [rows[-1]] * (padded - len(rows))
+    bounds = np.cumsum([0] + [len(spec.seeds) for spec in group])
+    slices = {spec.run_id: slice(lo, hi) for spec, lo, hi in zip(group, bounds[:-1], bounds[1:], strict=True)}
     hypers = _hypers(rows_padded)
     state = jax.jit(jax.vmap(partial(train.init_state, task, key.setup)))(hypers)
-    state = _restore(state, rows_padded, session.checkpoints)
+    state = _restore(state, slices, session.checkpoints)
     if row_sharding is not None:
         hypers, state = jax.device_put((hypers, state), row_sharding)
         x_train, x_test = jax.device_put((x_train, x_test), replicated)
@@ -251,8 +253,6 @@ def _train_group(key: _GroupKey, group: list[RunSpec], session: _Session) -> Non
     progress.update(bar, description=label)
 
     folder = session.out / group[0].experiment
-    bounds = np.cumsum([0] + [len(spec.seeds) for spec in group])
-    slices = {spec.run_id: slice(lo, hi) for spec, lo, hi in zip(group, bounds[:-1], bounds[1:], strict=True)}
     frames = {spec.run_id: _previous_rows(folder, spec, key.start_epoch) for spec in group}
     started = time.time()
     done, n_chunk, test_loss = key.start_epoch, 1, float("nan")
@@ -304,21 +304,17 @@ def _label(key: _GroupKey, group: list[RunSpec]) -> str:
     return f"{key.problem} {group[0].level_key}={','.join(map(str, levels))} {key.setup.flow} [{'/'.join(clips)}]"
 
 
-def _restore(state, rows_padded, checkpoints):
-    """Overwrite the initial state of resumed runs with their checkpoints."""
-    if not checkpoints:
+def _restore(state, slices: dict[str, slice], checkpoints):
+    """Overwrite the rows of resumed runs with their checkpoints (padding rows stay as they are)."""
+    resumed = {run_id: rows for run_id, rows in slices.items() if run_id in checkpoints}
+    if not resumed:
         return state
     leaves, treedef = jax.tree.flatten(state)
     leaves = [np.array(leaf) for leaf in leaves]
-    i = 0
-    while i < len(rows_padded):
-        spec = rows_padded[i][0]
-        n = len(spec.seeds)
-        if spec.run_id in checkpoints:
-            saved, _ = checkpoints[spec.run_id]
-            for leaf, value in zip(leaves, saved, strict=True):
-                leaf[i : i + n] = value
-        i += n
+    for run_id, rows in resumed.items():
+        saved, _ = checkpoints[run_id]
+        for leaf, value in zip(leaves, saved, strict=True):
+            leaf[rows] = value
     return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves])
 
 
