@@ -83,7 +83,11 @@ TRAIN_KEYS: dict[str, type] = {
     "clip_norm": float,
 }
 GRID_KEYS = ("levels", "flows", "clips")
-TOP_KEYS = {"problem", "description", "grid", "train", "options", "summary", "scales"}
+TOP_KEYS = {"problem", "description", "grid", "train", "options", "summary", "scales", "diagnostics"}
+DIAGNOSTICS_KEYS = ("enabled", "epochs")
+DIAGNOSED_EPOCHS = (0, 1, 10, 100, 1000)  # SPEC §14: those within the run
+# RunSpec fields that do not change what is computed, so they stay out of the run id.
+NOT_IDENTITY = ("threshold", "problem_ref", "diagnostics")
 
 
 class UserError(Exception):
@@ -111,18 +115,22 @@ class RunSpec:
     clip_norm: float
     options: tuple[tuple[str, Any], ...] = ()
     threshold: float | None = None
+    problem_ref: str = ""  # how to load the problem: a built-in name, module path or absolute file
+    diagnostics: tuple[int, ...] = ()  # epochs whose gradient diagnostics are recorded (SPEC §14)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["seeds"] = list(self.seeds)
         d["options"] = dict(self.options)
+        d["diagnostics"] = list(self.diagnostics)
         return d
 
     @property
     def run_id(self) -> str:
         """Readable prefix plus a hash of the configuration: equal ids, equal runs. The summary
-        threshold is presentation, not identity, and stays out of the hash."""
-        identity = {k: v for k, v in self.as_dict().items() if k != "threshold"}
+        threshold, where the problem is loaded from and which epochs are diagnosed do not
+        change the results and stay out of the hash."""
+        identity = {k: v for k, v in self.as_dict().items() if k not in NOT_IDENTITY}
         payload = json.dumps(identity, sort_keys=True, default=str)
         digest = hashlib.sha1(payload.encode()).hexdigest()[:10]
         return f"{self.problem}-{self.level_key}{self.level}-{self.flow}-{self.clip}-{digest}"
@@ -141,6 +149,8 @@ class Experiment:
     problem_options: dict[str, Any]
     summary: dict[str, Any]
     scales: dict[str, dict[str, Any]] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    problem_ref: str = ""  # the problem as the runner loads it (files made absolute)
 
 
 # --- finding and reading definitions ----------------------------------------------------
@@ -158,7 +168,7 @@ def load(name_or_path: str) -> Experiment:
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise UserError(f"definition file {name_or_path!r} not found")
-        text, name, origin = path.read_text(), path.stem, str(path)
+        text, name, origin, base = path.read_text(), path.stem, str(path), path.resolve().parent
     else:
         name = name_or_path.lower()
         if name not in builtin_names():
@@ -166,27 +176,34 @@ def load(name_or_path: str) -> Experiment:
                 f"unknown experiment {name_or_path!r}; allowed: {', '.join(builtin_names())} or a path to a .toml file"
             )
         text = resources.files(BUILTIN_PACKAGE).joinpath(f"{name}.toml").read_text()
-        origin = f"{BUILTIN_PACKAGE}/{name}.toml"
+        origin, base = f"{BUILTIN_PACKAGE}/{name}.toml", None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"malformed definition file {origin}: {err}") from None
-    return _parse(name, origin, raw)
+    return _parse(name, origin, raw, base)
 
 
-def _parse(name: str, origin: str, raw: dict[str, Any]) -> Experiment:
+def _parse(name: str, origin: str, raw: dict[str, Any], base: Path | None = None) -> Experiment:
     unknown = set(raw) - TOP_KEYS
     if unknown:
         raise UserError(
             f"unknown key {sorted(unknown)[0]!r} in {origin}; allowed: {', '.join(sorted(TOP_KEYS))}"
         )
     problem = raw.get("problem")
-    if problem not in (*problems.NAMES, "toy"):
+    if not isinstance(problem, str) or not problem.strip():
         raise UserError(
-            f"unknown problem {problem!r} in {origin}; allowed: {', '.join((*problems.NAMES, 'toy'))}"
+            f"{origin} names no problem; allowed: {', '.join((*problems.NAMES, 'toy'))}, "
+            "a module path or a .py file"
         )
+    ref = problem if problem == "toy" else problems.canonical_ref(problem, base)
+    if problem != "toy" and problem not in problems.NAMES:
+        try:
+            problem = problems.get(ref).name  # a user's problem: load it now, fail early
+        except problems.ProblemError as err:
+            raise UserError(f"{err} (in {origin})") from None
     tables = {}
-    for key in ("grid", "train", "options", "summary", "scales"):
+    for key in ("grid", "train", "options", "summary", "scales", "diagnostics"):
         value = raw.get(key, {})
         if not isinstance(value, dict):
             raise UserError(f"key {key!r} in {origin} must be a table")
@@ -194,6 +211,7 @@ def _parse(name: str, origin: str, raw: dict[str, Any]) -> Experiment:
     _check_keys(tables["grid"], GRID_KEYS, f"[grid] of {origin}")
     _check_keys(tables["train"], TRAIN_KEYS, f"[train] of {origin}")
     _check_keys(tables["summary"], ("threshold",), f"[summary] of {origin}")
+    _check_keys(tables["diagnostics"], DIAGNOSTICS_KEYS, f"[diagnostics] of {origin}")
     for scale, overrides in tables["scales"].items():
         if not isinstance(overrides, dict):
             raise UserError(f"scale {scale!r} in {origin} must be a table")
@@ -208,6 +226,8 @@ def _parse(name: str, origin: str, raw: dict[str, Any]) -> Experiment:
         problem_options=tables["options"],
         summary=tables["summary"],
         scales={k.lower(): v for k, v in tables["scales"].items()},
+        diagnostics=tables["diagnostics"],
+        problem_ref=ref,
     )
 
 
@@ -224,11 +244,14 @@ def scale_names(exp: Experiment) -> list[str]:
     return sorted({"paper", *exp.scales})
 
 
-def resolve(exp: Experiment, scale: str = "paper", **overrides: Any) -> list[RunSpec]:
+def resolve(
+    exp: Experiment, scale: str = "paper", diagnostics: bool | None = None, **overrides: Any
+) -> list[RunSpec]:
     """Apply a scale and command-line overrides, validate everything, expand the grid.
 
     ``overrides`` may hold ``levels``, ``flows``, ``clips`` (lists) and any ``[train]`` key;
-    ``None`` values are ignored.
+    ``None`` values are ignored. ``diagnostics`` switches the gradient diagnostics on or off
+    (``None``: as the definition says, on by default).
     """
     scale_key = scale.lower()
     if scale_key not in scale_names(exp):
@@ -236,7 +259,7 @@ def resolve(exp: Experiment, scale: str = "paper", **overrides: Any) -> list[Run
     values: dict[str, Any] = {**exp.grid, **exp.train, **exp.scales.get(scale_key, {})}
     values.update({k: v for k, v in overrides.items() if v is not None})
 
-    problem = problems.get(exp.problem)
+    problem = _problem(exp)
     train = {key: _typed(key, values.get(key), kind, exp) for key, kind in TRAIN_KEYS.items()}
     for key in ("epochs", "seeds", "n_data", "batch_size"):
         if train[key] <= 0:
@@ -274,6 +297,7 @@ def resolve(exp: Experiment, scale: str = "paper", **overrides: Any) -> list[Run
         options[key] = (
             next((c for c in choices if str(c).upper() == str(value).upper()), value) if choices else value
         )
+    diagnosed = _diagnosed_epochs(exp, train["epochs"], diagnostics)
     threshold = exp.summary.get("threshold")
     if threshold is not None and not isinstance(threshold, int | float):
         raise UserError(f"[summary] threshold must be a number, got {threshold!r}")
@@ -298,6 +322,8 @@ def resolve(exp: Experiment, scale: str = "paper", **overrides: Any) -> list[Run
             clip_norm=train["clip_norm"],
             options=tuple(sorted(options.items())),
             threshold=None if threshold is None else float(threshold),
+            problem_ref=exp.problem_ref or exp.problem,
+            diagnostics=diagnosed,
         )
         for level in _unique(levels)
         for flow in _unique(flows)
@@ -347,15 +373,47 @@ def _clip(value: Any) -> str:
 
 
 def _level(value: Any, problem, grid: list | None) -> int | float:
+    allowed = _fmt(grid) if grid is not None else problem.valid_level_text
     try:
         level = problem.level_type(value)
         if problem.level_type is int and float(value) != level:
             raise ValueError
+        if isinstance(value, bool) or not math.isfinite(level):
+            raise ValueError
     except (TypeError, ValueError):
-        raise UserError(f"invalid {problem.level_key} {value!r}; allowed: {_fmt(grid)}") from None
+        raise UserError(f"invalid {problem.level_key} {value!r}; allowed: {allowed}") from None
+    if grid is None and not problem.valid_level(level):
+        raise UserError(f"invalid {problem.level_key} {value!r} for {problem.name}; allowed: {allowed}")
     if grid is not None and level not in grid:
-        raise UserError(f"{problem.level_key} {value} is outside the grid; allowed: {_fmt(grid)}")
+        raise UserError(f"{problem.level_key} {value} is outside the grid; allowed: {allowed}")
     return level
+
+
+def _problem(exp: Experiment):
+    try:
+        return problems.get(exp.problem_ref or exp.problem)
+    except problems.ProblemError as err:
+        raise UserError(str(err)) from None
+
+
+def _diagnosed_epochs(exp: Experiment, epochs: int, switch: bool | None) -> tuple[int, ...]:
+    table = exp.diagnostics
+    enabled = table.get("enabled", True) if switch is None else switch
+    if not isinstance(enabled, bool):
+        raise UserError(f"[diagnostics] enabled must be true or false, got {enabled!r}")
+    if not enabled:
+        return ()
+    if "epochs" not in table:
+        return tuple(e for e in DIAGNOSED_EPOCHS if e <= epochs)
+    chosen = table["epochs"]
+    if not isinstance(chosen, list) or not all(
+        isinstance(e, int) and not isinstance(e, bool) for e in chosen
+    ):
+        raise UserError(f"[diagnostics] epochs must be a list of integers, got {chosen!r}")
+    for epoch in chosen:
+        if not 0 <= epoch <= epochs:
+            raise UserError(f"diagnosed epoch {epoch} is outside the run; allowed: 0 ... {epochs}")
+    return tuple(sorted(set(chosen)))
 
 
 def _fmt(levels: list | None) -> str:

@@ -350,8 +350,8 @@ def test_problem_descriptor_and_task():
     assert PROBLEM.name == "guidance" and PROBLEM.level_key == "reg_coef"
     assert PROBLEM.level_type is float and PROBLEM.level_is_static is False
     assert PROBLEM.aux_metrics == ("physics_loss",) and dict(PROBLEM.default_options) == {}
-    task = PROBLEM.make_task(None, {})
-    assert isinstance(task, Task) and task.n_steps == 60
+    task = PROBLEM.make_task(0.1, {})
+    assert isinstance(task, Task) and task.n_steps == 60 and task.control_shape == (2, 2)
     x = sample_initial_states(jax.random.key(0), 1)[0]
     u = jnp.ones((2, 2))
     np.testing.assert_array_equal(task.step(x, u), step(x, u))
@@ -364,14 +364,14 @@ def test_problem_descriptor_and_task():
 
 
 def test_rollouts_are_finite_for_every_reg_coef():
-    task = PROBLEM.make_task(None, {})
+    task = PROBLEM.make_task(1.0, {})
     x0s = task.sample_data(jax.random.key(0), 8)[0]
     traces = []
 
     def objective(theta, level):
         traces.append(None)
         xs, us = controlled_rollout(theta, x0s)
-        total, aux = task.loss(xs, us, level)
+        total, aux = PROBLEM.make_task(level, {}).loss(xs, us)  # the level traced, as in training
         return total, (aux, xs, us)
 
     value_and_grad = jax.jit(jax.value_and_grad(objective, has_aux=True))

@@ -275,7 +275,7 @@ def test_loss_matches_numpy_and_its_range():
 
 
 def test_task_rollouts_with_the_untrained_controller_are_finite():
-    task = quantum.PROBLEM.make_task(None, quantum.PROBLEM.default_options)
+    task = quantum.PROBLEM.make_task(3, quantum.PROBLEM.default_options)
     assert task.n_steps == 128
     theta = task.init_controller(jax.random.key(0))
     x0s, _ = task.sample_data(jax.random.key(1), 8)
@@ -299,7 +299,7 @@ def test_task_rollouts_with_the_untrained_controller_are_finite():
     @jax.jit
     def task_loss(xs, us, level):
         traces.append(level)
-        return task.loss(xs, us, level)
+        return quantum.PROBLEM.make_task(level, quantum.PROBLEM.default_options).loss(xs, us)
 
     for n in (3, 4, 5):
         value, aux = task_loss(xs, us, jnp.float32(n))
@@ -308,8 +308,8 @@ def test_task_rollouts_with_the_untrained_controller_are_finite():
         assert float(value) == pytest.approx(np_loss(np.asarray(xs), n, "CONTINUOUS"), rel=1e-5)
     assert len(traces) == 1  # one compiled program serves every target state
 
-    final = quantum.PROBLEM.make_task(None, {"loss": "FINAL", "weighting": "15-1"})
-    value, _ = final.loss(xs, us, jnp.float32(5))
+    final = quantum.PROBLEM.make_task(jnp.float32(5), {"loss": "FINAL", "weighting": "15-1"})
+    value, _ = final.loss(xs, us)
     assert 0.0 <= float(value) <= 1.0
 
 

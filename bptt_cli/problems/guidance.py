@@ -165,12 +165,13 @@ def loss(
 # --- problem descriptor -----------------------------------------------------------------
 
 
-def _make_task(static_level, options) -> Task:
-    del static_level, options  # reg_coef only enters the loss, as a traced scalar
+def _make_task(reg_coef, options) -> Task:
+    """``reg_coef`` only enters the loss (a traced scalar under ``jit``: one program for all)."""
+    del options
     params = Params()
 
-    def task_loss(xs, us, level):
-        total, physics = loss(xs, us, level, params)
+    def task_loss(xs, us):
+        total, physics = loss(xs, us, reg_coef, params)
         return total, {"physics_loss": physics}
 
     return Task(
@@ -180,6 +181,7 @@ def _make_task(static_level, options) -> Task:
         loss=task_loss,
         sample_data=partial(sample_data, params=params),
         n_steps=params.n_steps,
+        control_shape=(params.n_drivers, 2),
     )
 
 
@@ -191,4 +193,7 @@ PROBLEM = ProblemDef(
     make_task=_make_task,
     default_options={},
     aux_metrics=("physics_loss",),
+    valid_level=lambda rc: rc >= 0,
+    valid_level_text="a regularization coefficient >= 0",
+    drawing="bptt_cli.plotting.drawings:guidance",
 )

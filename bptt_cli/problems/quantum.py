@@ -217,8 +217,8 @@ def loss(xs: jax.Array, us: jax.Array, target, mode: str = "CONTINUOUS") -> jax.
 # --- problem descriptor -----------------------------------------------------------------
 
 
-def _make_task(static_level, options) -> Task:
-    del static_level  # the target state is a traced number: one program serves every target
+def _make_task(target, options) -> Task:
+    """``target`` is the eigenstate n (a traced scalar under ``jit``: one program for all)."""
     params = Params()
     mode = options["loss"]
     weighting = options["weighting"]
@@ -226,15 +226,11 @@ def _make_task(static_level, options) -> Task:
         raise ValueError(f"unknown loss mode {mode!r}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}")
-
-    def task_loss(xs, us, level):
-        return loss(xs, us, level, mode), {}
-
     return Task(
         step=partial(step, params=params),
         controller=controller,
         init_controller=init_controller,
-        loss=task_loss,
+        loss=lambda xs, us: (loss(xs, us, target, mode), {}),
         sample_data=partial(sample_data, weighting=weighting),
         n_steps=params.n_steps,
     )
@@ -248,4 +244,7 @@ PROBLEM = ProblemDef(
     make_task=_make_task,
     default_options={"loss": "CONTINUOUS", "weighting": "1-1"},
     option_choices={"loss": ("CONTINUOUS", "FINAL"), "weighting": ("1-1", "3-1", "7-1", "15-1")},
+    valid_level=lambda n: 1 <= n <= Params().nx,
+    valid_level_text=f"an eigenstate 1 ... {Params().nx}",
+    drawing="bptt_cli.plotting.drawings:quantum",
 )
