@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bptt_cli.core import train
+from bptt_cli.core import flows, train
 from bptt_cli.problems import cartpole
 
 N_DATA = 16
@@ -32,6 +32,7 @@ def hypers(seeds, lr=1e-3, clip_value=jnp.inf, clip_norm=1.0):
         clip_value=jnp.full((n,), clip_value, jnp.float32),
         clip_norm=jnp.full((n,), clip_norm, jnp.float32),
         level=jnp.ones((n,), jnp.float32),
+        gates=jax.tree.map(lambda g: jnp.full((n,), g), flows.gates("R")),
     )
 
 
@@ -41,9 +42,10 @@ _CACHE = {}
 def program(task, flow):
     if flow not in _CACHE:
         setup = train.Setup(flow, "adam", 8)
-        chunk = partial(train.train_chunk, task, setup, MAX_EPOCHS)
+        task_of = lambda level: task  # noqa: E731
+        chunk = partial(train.train_chunk, task_of, setup, MAX_EPOCHS)
         _CACHE[flow] = (
-            jax.jit(jax.vmap(partial(train.init_state, task, setup))),
+            jax.jit(jax.vmap(partial(train.init_state, task_of, setup))),
             jax.jit(jax.vmap(chunk, in_axes=(0, 0, None, None, None))),
         )
     return _CACHE[flow]
@@ -63,9 +65,18 @@ def train_runs(task, data, flow, hy, n_epochs=MAX_EPOCHS, chunks=None):
 def test_metric_columns_and_semantics(task, data):
     _, m_r, _ = train_runs(task, data, "R", hypers([0]))
     _, m_c, _ = train_runs(task, data, "C", hypers([0]))
-    assert set(m_r) == {"batch_loss", "train_loss", "test_loss", "update_sq_norm", "cos_mr"}
-    assert np.all(np.isnan(m_r["cos_mr"]))  # one gradient only
+    assert set(m_r) == {
+        "batch_loss",
+        "train_loss",
+        "test_loss",
+        "update_sq_norm",
+        "cos_mr",
+        "c_kept_fraction",
+        "clip_active_fraction",
+    }
+    assert np.all(np.isnan(m_r["cos_mr"])) and np.all(np.isnan(m_r["c_kept_fraction"]))  # one gradient only
     assert np.all(np.abs(m_c["cos_mr"]) <= 1.0)
+    assert np.all((m_c["c_kept_fraction"] > 0) & (m_c["c_kept_fraction"] <= 1))
     for m in (m_r, m_c):
         for name in ("batch_loss", "train_loss", "test_loss", "update_sq_norm"):
             assert np.all(np.isfinite(m[name])), name

@@ -1,12 +1,14 @@
 """The training protocol of SPEC §4 as pure functions of one run.
 
 One run is one controller initialisation trained on one data set. Everything here acts on a
-single run; the runner ``vmap``s it over seeds (and over configurations that differ only in
-numbers) and ``jit``s it once per static setup.
+single run; the runner ``vmap``s it over rows (seeds, and configurations that differ only in
+data: clip mode, learning rate, a numeric level, on a GPU also the flow) and ``jit``s it once
+per static setup.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,25 +23,37 @@ from bptt_cli.core.task import Task
 
 PyTree = Any
 Array = jax.Array
+TaskOf = Callable[[Array], Task]  # a row's level -> its task (built at trace time)
 
 
 @dataclass(frozen=True)
 class Setup:
-    """What must be static under ``jit``: one compiled program per distinct Setup."""
+    """What must be static under ``jit``: one compiled program per distinct Setup.
 
-    flow: str
+    Attributes:
+      flow: a flow name shared by every row, or ``None`` when the flow is per-row data
+        (``Hypers.gates``).
+      optimizer, batch_size: as in the run's configuration.
+      pair: with per-row flows, whether some row is C (every row then computes two gradients).
+      unroll: unroll factor of the horizon scan (a speed setting; results are unchanged).
+    """
+
+    flow: str | None
     optimizer: str
     batch_size: int
+    pair: bool = False
+    unroll: int = 1
 
 
 class Hypers(NamedTuple):
-    """Per-run numbers; traced, so runs that differ only in these share a program."""
+    """Per-row numbers; traced, so rows that differ only in these share a program."""
 
     key: Array  # controller initialisation key (from ``seed``)
     learning_rate: Array
     clip_value: Array  # inf: off
     clip_norm: Array  # inf: off
-    level: Array  # numeric complexity level handed to the loss
+    level: Array  # the complexity level, handed to ``task_of``
+    gates: flows.Gates  # the row's flow as data (read when ``Setup.flow`` is None)
 
 
 class TrainState(NamedTuple):
@@ -52,8 +66,8 @@ def _optimizer(setup: Setup, hypers: Hypers) -> optax.GradientTransformation:
     return make_optimizer(setup.optimizer, hypers.learning_rate, hypers.clip_value, hypers.clip_norm)
 
 
-def init_state(task: Task, setup: Setup, hypers: Hypers) -> TrainState:
-    theta = task.init_controller(hypers.key)
+def init_state(task_of: TaskOf, setup: Setup, hypers: Hypers) -> TrainState:
+    theta = task_of(hypers.level).init_controller(hypers.key)
     return TrainState(theta, _optimizer(setup, hypers).init(theta), jnp.asarray(False))
 
 
@@ -61,21 +75,29 @@ def _all_finite(tree: PyTree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def evaluate(task: Task, theta: PyTree, x0: Array, level: Array) -> tuple[Array, dict[str, Array]]:
+def clip_changes(update: PyTree, clip_value: Array, clip_norm: Array) -> Array:
+    """Whether the clip stage (by value, then by global norm; SPEC §3) changes ``update``."""
+    clipped = jax.tree.map(lambda u: jnp.clip(u, -clip_value, clip_value), update)
+    changed = jax.tree.map(lambda c, u: jnp.any(c != u), clipped, update)
+    by_value = jnp.any(jnp.stack(jax.tree.leaves(changed)))
+    return by_value | (jnp.sqrt(flows.tree_dot(clipped, clipped)) > clip_norm)
+
+
+def evaluate(task: Task, theta: PyTree, x0: Array) -> tuple[Array, dict[str, Array]]:
     """Forward-only loss of ``theta`` on a whole data set ``x0 (N, ...)``."""
     xs, us = flows.rollout("R", task.controller, task.step, theta, x0, task.n_steps)
-    return task.loss(xs, us, level)
+    return task.loss(xs, us)
 
 
 def evaluate_splits(
-    task: Task, theta: PyTree, x_train: Array, x_test: Array, level: Array
+    task: Task, theta: PyTree, x_train: Array, x_test: Array, unroll: int = 1
 ) -> tuple[Array, dict[str, Array]]:
     """Train and test losses from ONE rollout of both sets (one program, one scan): the loss
     is vmapped over the leading split axis. Returns ``(2,)`` arrays, train first."""
     x0 = jnp.concatenate([x_train, x_test], axis=0)
-    xs, us = flows.rollout("R", task.controller, task.step, theta, x0, task.n_steps)
+    xs, us = flows.rollout("R", task.controller, task.step, theta, x0, task.n_steps, unroll=unroll)
     split = lambda a: a.reshape((2, x_train.shape[0], *a.shape[1:]))  # noqa: E731
-    return jax.vmap(task.loss, in_axes=(0, 0, None))(split(xs), split(us), level)
+    return jax.vmap(task.loss)(split(xs), split(us))
 
 
 def train_epoch(
@@ -86,14 +108,22 @@ def train_epoch(
     optimizer = _optimizer(setup, hypers)
     n_batches = x_train.shape[0] // setup.batch_size
     batches = x_train.reshape((n_batches, setup.batch_size, *x_train.shape[1:]))
-
-    def loss_fn(xs, us):
-        return task.loss(xs, us, hypers.level)
+    flow = hypers.gates if setup.flow is None else setup.flow
 
     def update(state: TrainState, x0: Array):
-        (loss, aux), grad, cos_mr = flows.flow_gradients(
-            setup.flow, task.controller, task.step, loss_fn, state.theta, x0, task.n_steps
+        result = flows.flow_gradients(
+            flow,
+            task.controller,
+            task.step,
+            task.loss,
+            state.theta,
+            x0,
+            task.n_steps,
+            pair=setup.pair,
+            unroll=setup.unroll,
+            n_params=task.n_params,
         )
+        (loss, aux), grad = result.value, result.update
         updates, opt_state = optimizer.update(grad, state.opt_state, state.theta)
         theta = optax.apply_updates(state.theta, updates)
         finite = jnp.isfinite(loss) & _all_finite(grad) & _all_finite(theta)
@@ -105,13 +135,21 @@ def train_epoch(
             jax.tree.map(lambda a, b: jnp.where(keep, a, b), opt_state, state.opt_state),
             state.diverged | ~finite,
         )
-        metrics = {"batch_loss": loss, "update_sq_norm": flows.tree_dot(grad, grad), "cos_mr": cos_mr}
+        metrics = {
+            "batch_loss": loss,
+            "update_sq_norm": flows.tree_dot(grad, grad),
+            "cos_mr": result.cos_mr,
+            "c_kept_fraction": result.kept,
+            "clip_active_fraction": clip_changes(grad, hypers.clip_value, hypers.clip_norm).astype(
+                loss.dtype
+            ),
+        }
         metrics.update({f"batch_{name}": value for name, value in aux.items()})
         return new, metrics
 
     state, per_batch = lax.scan(update, state, batches)
     metrics = {name: jnp.mean(values) for name, values in per_batch.items()}
-    losses, aux = evaluate_splits(task, state.theta, x_train, x_test, hypers.level)
+    losses, aux = evaluate_splits(task, state.theta, x_train, x_test, setup.unroll)
     for i, split in enumerate(("train", "test")):
         metrics[f"{split}_loss"] = losses[i]
         metrics.update({f"{split}_{name}": value[i] for name, value in aux.items()})
@@ -119,7 +157,7 @@ def train_epoch(
 
 
 def train_chunk(
-    task: Task,
+    task_of: TaskOf,
     setup: Setup,
     max_epochs: int,
     state: TrainState,
@@ -131,6 +169,7 @@ def train_chunk(
     """Run ``n_epochs <= max_epochs`` epochs (``n_epochs`` may be traced: one program serves
     every chunk length). Metrics come back as ``(max_epochs,)`` arrays, NaN past ``n_epochs``,
     with the per-epoch ``diverged`` flag."""
+    task = task_of(hypers.level)
 
     def body(i, carry):
         state, buffers, diverged = carry
