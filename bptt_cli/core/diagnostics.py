@@ -1,0 +1,87 @@
+"""Where along the horizon the gradient explodes or vanishes (SPEC §14), as compiled code.
+
+For one controller ``theta`` and a batch of initial states:
+
+- ``grad_norm_R``, ``grad_norm_M`` ``(n_steps + 1,)``: the median over the batch of
+  ``|λ_t|₂``, ``λ_t = ∂L/∂x_t`` the gradient that reaches the state at time t through the rest
+  of the trajectory with flow R's or M's stop-gradients. A zero perturbation is added to every
+  state inside the rollout and the loss is differentiated with respect to it.
+- ``jac_physics``, ``jac_closed_loop`` ``(n_steps,)``: the median over the batch of the largest
+  singular value of the simulator's state Jacobian ``∂S/∂x`` and of the closed loop's
+  ``∂S/∂x + ∂S/∂u·∂N/∂x``, for the step from ``x_t`` (t = 0 … Nt − 1) along the trajectory.
+
+The running products (log10 growth) are taken on the host by :func:`log10_growth`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from bptt_cli.core import flows
+from bptt_cli.core.task import Task
+
+PyTree = Any
+Array = jax.Array
+N_STATES = 32  # SPEC §14: the first 32 test states
+COLUMNS = (
+    "grad_norm_R",
+    "grad_norm_M",
+    "jac_physics",
+    "jac_closed_loop",
+    "log10_growth_physics",
+    "log10_growth_closed_loop",
+)
+
+
+def _largest_singular_value(jacobian: Array, size: int) -> Array:
+    return jnp.linalg.svd(jacobian.reshape(size, size), compute_uv=False)[0]
+
+
+def diagnose(task: Task, theta: PyTree, x0: Array, unroll: int = 1) -> dict[str, Array]:
+    """The diagnostics of ``theta`` on the batch ``x0 (B, ...)`` (see the module docstring)."""
+    n_steps, batch = task.n_steps, x0.shape[0]
+    size = int(np.prod(x0.shape[1:]))
+
+    def feedback(flow: str) -> Array:
+        def loss_of(delta):
+            xs, us = flows.rollout(flow, task.controller, task.step, theta, x0, n_steps, delta, unroll)
+            return task.loss(xs, us)[0]
+
+        lam = jax.grad(loss_of)(jnp.zeros((n_steps + 1, *x0.shape), x0.dtype))
+        return jnp.median(jnp.sqrt(jnp.sum(lam.reshape(n_steps + 1, batch, size) ** 2, axis=-1)), axis=1)
+
+    xs, us = flows.rollout("R", task.controller, task.step, theta, x0, n_steps, unroll=unroll)
+    step_jacobians = jax.jacfwd(task.step, argnums=(0, 1))
+    network_jacobian = jax.jacfwd(task.controller, argnums=1)
+
+    def norms_at(inputs):
+        # One time step at a time: the Jacobians of a whole horizon would not fit in memory
+        # for the larger states (quantum: 64 × 64 per sample and step).
+        x, u = inputs
+        j_x, j_u = jax.vmap(step_jacobians)(x, u)
+        j_n = jax.vmap(network_jacobian, in_axes=(None, 0))(theta, x)
+        j_x = j_x.reshape(batch, size, size)
+        # The closed loop from the same pieces: where dN/dx is exactly 0 it equals the physics.
+        j_closed = j_x + j_u.reshape(batch, size, -1) @ j_n.reshape(batch, -1, size)
+        sv = jax.vmap(_largest_singular_value, in_axes=(0, None))
+        return jnp.median(sv(j_x, size)), jnp.median(sv(j_closed, size))
+
+    time_major = (jnp.swapaxes(xs[:, :-1], 0, 1), jnp.swapaxes(us, 0, 1))
+    jac_physics, jac_closed_loop = lax.map(norms_at, time_major)
+    return {
+        "grad_norm_R": feedback("R"),
+        "grad_norm_M": feedback("M"),
+        "jac_physics": jac_physics,
+        "jac_closed_loop": jac_closed_loop,
+    }
+
+
+def log10_growth(jac: np.ndarray) -> np.ndarray:
+    """Running product of per-step factors in log10: ``out[t] = Σ_{s ≤ t} log10 jac[s]``."""
+    with np.errstate(divide="ignore"):
+        return np.cumsum(np.log10(np.asarray(jac, np.float64)), axis=-1)
