@@ -16,6 +16,9 @@ from rich.console import Console
 
 from bptt_cli import config
 from bptt_cli.config import UserError
+from bptt_cli.results import LockError
+
+GROUPINGS = ("auto", "narrow", "wide")
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False, soft_wrap=True)
@@ -73,13 +76,41 @@ def run(
     batch_size: Annotated[
         int | None, typer.Option(help="Minibatch size; must divide the training set.")
     ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="First init seed (seeds SEED ... SEED+SEEDS-1 train in parallel).")
+    ] = None,
     data_seed: Annotated[
         int | None, typer.Option(help="Seed of the initial states (shared by all runs).")
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("results"),
     force: Annotated[bool, typer.Option("--force", help="Recompute runs that are already complete.")] = False,
     device: Annotated[str, typer.Option(help="auto (GPU when jax sees one), cpu or gpu.")] = "auto",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved runs and stop.")] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K/N",
+            help="Train share K of N of the grid (default in a SLURM array: the task's share). "
+            "Workers sharing a results folder never train the same run.",
+        ),
+    ] = None,
+    grouping: Annotated[
+        str,
+        typer.Option(
+            help="How runs share compiled programs: auto (by device), narrow (one per flow and "
+            "shape: the CPU layout) or wide (flows and padded levels merged: the GPU layout)."
+        ),
+    ] = "auto",
+    diagnostics: Annotated[
+        bool | None,
+        typer.Option(
+            "--diagnostics/--no-diagnostics",
+            help="Record gradient diagnostics at epochs 0, 1, 10, 100, 1000 [default: as the "
+            "definition says, on].",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the programs that would run (and an estimate) and stop.")
+    ] = False,
     list_: Annotated[
         bool, typer.Option("--list", help="List the built-in experiments and their scales.")
     ] = False,
@@ -103,33 +134,48 @@ def run(
     if exp.problem == "toy":
         _run_toy(exp, out, force)
         return
+    if grouping.lower() not in GROUPINGS:
+        raise UserError(f"unknown grouping {grouping!r}; allowed: {', '.join(GROUPINGS)}")
     specs = config.resolve(
         exp,
         scale,
+        diagnostics=diagnostics,
         levels=level or None,
         flows=flow or None,
         clips=clip or None,
         epochs=epochs,
         seeds=seeds,
+        seed=seed,
         optimizer=optimizer,
         learning_rate=learning_rate,
         batch_size=batch_size,
         data_seed=data_seed,
     )
+    share = _shard(shard)
     _check_out(out)
-    _print_plan(exp, scale, specs, out)
+    _check_problem(specs)
+    _print_plan(exp, scale, specs, out, share)
+    from bptt_cli.core import devices, plan, runner
+
+    profile = devices.current(grouping.lower())
+    mine = plan.shard(specs, *share) if share else specs
     if dry_run:
+        _print_programs(mine, out, profile)
         return
 
-    from bptt_cli.core import runner
-
-    report = runner.run(specs, out, force=force, console=err_console)
+    try:
+        report = runner.run(mine, out, force=force, console=err_console, profile=profile)
+    except LockError as err:
+        raise UserError(str(err)) from None
     if report.interrupted:
         err_console.print("interrupted: completed epochs are saved; rerun the same command to resume")
         raise typer.Exit(130)
     err_console.print(
-        f"done: {len(report.completed)} run(s) trained, {len(report.skipped)} already complete; "
-        f"results in {out / exp.name}"
+        f"done: {len(report.trained)} run(s) trained, {len(report.found_complete)} found complete, "
+        f"{len(report.left_to_others)} left to other workers"
+        + (f" (share {share[0]}/{share[1]} of {len(specs)})" if share else "")
+        + f"; results in {out / exp.name}",
+        markup=False,
     )
 
 
@@ -148,7 +194,7 @@ def plot(
     if not results_dir.is_dir():
         raise UserError(f"results folder {str(results_dir)!r} does not exist; run bptt-run first")
     figures = out or results_dir / "figures"
-    _check_out(figures)
+    _check_out(figures, locks=False)
 
     from bptt_cli import plotting
 
@@ -182,8 +228,8 @@ def _select_device(device: str) -> None:
             ) from None
 
 
-def _check_out(folder: Path) -> None:
-    from bptt_cli.results import check_writable
+def _check_out(folder: Path, locks: bool = True) -> None:
+    from bptt_cli.results import check_writable, probe_locks
 
     try:
         check_writable(folder)
@@ -191,13 +237,45 @@ def _check_out(folder: Path) -> None:
         raise UserError(
             f"output folder {str(folder)!r} is not writable ({err} is not a writable folder)"
         ) from None
+    if locks:
+        try:
+            probe_locks(folder)
+        except LockError as err:
+            raise UserError(str(err)) from None
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    from bptt_cli.core import plan
+
+    try:
+        if text is not None:
+            return plan.parse_shard(text)
+        return plan.shard_from_environment(dict(os.environ))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _check_problem(specs) -> None:
+    """Evaluate each problem's contract abstractly, once per (problem, level), before training."""
+    from bptt_cli import problems
+
+    seen = set()
+    for spec in specs:
+        key = (spec.problem_ref, spec.level, spec.options)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            problems.check(problems.get(spec.problem_ref), spec.level, dict(spec.options))
+        except problems.ProblemError as err:
+            raise UserError(str(err)) from None
 
 
 def _print_list() -> None:
     for name in config.builtin_names():
         exp = config.load(name)
         scales = ", ".join(config.scale_names(exp)) if exp.problem != "toy" else "-"
-        out_console.print(f"{name:10s} {exp.description}  [scales: {scales}]")
+        out_console.print(f"{name:10s} {exp.description}  [scales: {scales}]", markup=False)
 
 
 def _print_info() -> None:
@@ -212,24 +290,57 @@ def _print_info() -> None:
         out_console.print(f"{'device':10s} {d.id}: {d.device_kind} ({d.platform})")
 
 
-def _print_plan(exp, scale: str, specs, out: Path) -> None:
+def _print_plan(exp, scale: str, specs, out: Path, share) -> None:
     first = specs[0]
     levels = sorted({s.level for s in specs})
+    mine = f"; this worker's share: {share[0]}/{share[1]}" if share else ""
     err_console.print(
-        "".join(
-            [
-                f"{exp.name} [{scale.lower()}]: {len(specs)} run(s) × {len(first.seeds)} seed(s); "
-                f"{first.level_key} {levels}, flows {sorted({s.flow for s in specs})}, clips {sorted({s.clip for s in specs})}; "
-                f"{first.epochs} epochs, {first.n_data} states, batch {first.batch_size}, {first.optimizer} lr {first.learning_rate:g}, "
-                f"data seed {first.data_seed}, seeds {first.seeds[0]}..{first.seeds[-1]} → {out / exp.name}"
-            ]
-        ),
+        f"{exp.name} [{scale.lower()}]: {len(specs)} run(s) × {len(first.seeds)} seed(s); "
+        f"{first.level_key} {levels}, flows {sorted({s.flow for s in specs})}, clips {sorted({s.clip for s in specs})}; "
+        f"{first.epochs} epochs, {first.n_data} states, batch {first.batch_size}, {first.optimizer} lr {first.learning_rate:g}, "
+        f"data seed {first.data_seed}, seeds {first.seeds[0]}..{first.seeds[-1]}{mine} → {out / exp.name}",
         markup=False,
     )
 
 
+def _print_programs(specs, out: Path, profile) -> None:
+    """The programs this worker would run, and an estimate when this machine has bench figures."""
+    import jax
+
+    from bptt_cli import problems
+    from bptt_cli.core import estimate, plan, runner
+
+    work = runner.pending_work(specs, out)
+    done = len(specs) - len(work)
+    programs = plan.plan(work, profile, problems.get)
+    device = jax.devices()[0]
+    out_console.print(
+        f"{len(programs)} program(s) on {device.platform} ({device.device_kind}, {len(jax.devices())} device(s)), "
+        f"grouping {'wide' if profile.merge_flows else 'narrow'}; {done} run(s) already complete",
+        markup=False,
+    )
+    figures = estimate.load()
+    total = 0.0
+    for i, program in enumerate(programs, 1):
+        seconds = estimate.program_seconds(program, figures)
+        total = total + seconds if seconds is not None and total is not None else None
+        guess = "" if seconds is None else f"  ~{estimate.fmt(seconds)}"
+        out_console.print(f"  {i}. {program.describe()}{guess}", markup=False)
+    if not programs:
+        return
+    if total is None or not figures:
+        out_console.print(
+            "no bench figures for this machine for every program: run `make bench` to get a wall-time estimate",
+            markup=False,
+        )
+    else:
+        out_console.print(
+            f"estimated wall time: {estimate.fmt(total)} (from make bench on this machine)", markup=False
+        )
+
+
 def _run_toy(exp, out: Path, force: bool) -> None:
-    _check_out(out)
+    _check_out(out, locks=False)
     from bptt_cli import toy
 
     written = toy.run(out / exp.name, force=force)
@@ -241,19 +352,20 @@ def _run_toy(exp, out: Path, force: bool) -> None:
 
 def _main(app: typer.Typer, prog: str) -> None:
     """Run a Typer app so that every input error is ONE line and exit code 2."""
-    from typer._click.exceptions import ClickException
-
     try:
         code = app(prog_name=prog, standalone_mode=False)
     except UserError as err:
         err_console.print(f"{prog}: error: {err}", markup=False)
         sys.exit(2)
-    except ClickException as err:
-        err_console.print(f"{prog}: error: {err.format_message()}", markup=False)
-        sys.exit(2)
     except typer.Abort:
         err_console.print(f"{prog}: aborted", markup=False)
         sys.exit(130)
+    except Exception as err:
+        # Click's usage errors (bad option, bad value), whichever click typer ships with.
+        if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+            raise
+        err_console.print(f"{prog}: error: {err.format_message()}", markup=False)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -22,6 +22,7 @@ COLUMNS = [
     "threshold",
     "first_epoch_below",
     "n_diverged",
+    "final_gap_median",
 ]
 
 
@@ -31,13 +32,15 @@ def summarize(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Da
     Per configuration: the number of seeds; the median and interquartile range over seeds of the
     final test loss; ``best_test_loss``, the median over seeds of each seed's lowest test loss;
     ``first_epoch_below``, the first epoch at which the median test loss over seeds is below the
-    definition's threshold (empty when it never is, or there is no threshold); and how many
-    seeds diverged. ``thresholds`` maps run ids to thresholds.
+    definition's threshold (empty when it never is, or there is no threshold); how many seeds
+    diverged; and, for problems with a known optimum (lqr), the median over seeds of the final
+    ``optimality_gap``. ``thresholds`` maps run ids to thresholds.
     """
     rows: list[dict[str, Any]] = []
     for key, group in frame.groupby(KEYS, sort=True):
         last_epoch = group["epoch"].max()
-        final = group[group["epoch"] == last_epoch]["test_loss"].to_numpy(float)
+        last = group[group["epoch"] == last_epoch]
+        final = last["test_loss"].to_numpy(float)
         best = group.groupby("seed")["test_loss"].min().to_numpy(float)
         median_curve = group.groupby("epoch")["test_loss"].median().sort_index()
         threshold = thresholds.get(group["run_id"].iloc[0])
@@ -54,6 +57,9 @@ def summarize(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Da
                 "threshold": threshold,
                 "first_epoch_below": int(below.index[0]) if len(below) else None,
                 "n_diverged": int(group.groupby("seed")["diverged"].any().sum()),
+                "final_gap_median": _nan_stat(np.nanmedian, last["optimality_gap"].to_numpy(float))
+                if "optimality_gap" in last
+                else float("nan"),
             }
         )
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -71,7 +77,9 @@ def _nan_stat(fn, values: np.ndarray) -> float:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A Markdown table a reader can paste into a report."""
+    """A Markdown table a reader can paste into a report (with a gap column when some problem
+    has a known optimum)."""
+    with_gap = table["final_gap_median"].notna().any()
     header = [
         "experiment",
         "level",
@@ -83,6 +91,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         "best",
         "first epoch < threshold",
         "diverged",
+        *(["gap to optimum"] if with_gap else []),
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.itertuples(index=False):
@@ -101,6 +110,8 @@ def to_markdown(table: pd.DataFrame) -> str:
             below,
             str(row.n_diverged),
         ]
+        if with_gap:
+            cells.append("-" if pd.isna(row.final_gap_median) else f"{row.final_gap_median:.3g}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

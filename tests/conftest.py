@@ -15,3 +15,9 @@ def x64():
     """Run the test body with float64 enabled (gradient checks)."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+    """A persistent compilation cache shared by the subprocesses of the whole session."""
+    return tmp_path_factory.mktemp("jax-cache")

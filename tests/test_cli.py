@@ -1,17 +1,16 @@
 """The command line end to end: bad input, a smoke run and its figure, resume after SIGKILL and
 Ctrl-C, and sharding the run axis over two devices."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from clitools import BIN, cli, env_for
 
-BIN = Path(sys.executable).parent
+from bptt_cli import results
 
 TINY = """
 problem = "cartpole"
@@ -39,35 +38,6 @@ threshold = 1.9
 """
 
 
-@pytest.fixture(scope="session")
-def jax_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax-cache")
-
-
-def env_for(cache: Path, **extra) -> dict:
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        PYTHONUNBUFFERED="1",
-        COLUMNS="200",
-    )
-    env.update(extra)
-    return env
-
-
-def cli(tool: str, *args, cache: Path, cwd: Path, timeout=300, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / tool), *map(str, args)],
-        cwd=cwd,
-        env=env_for(cache, **env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def definition(tmp_path: Path, epochs=3, seeds=2, name="tiny") -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(TINY.format(epochs=epochs, seeds=seeds))
@@ -75,7 +45,7 @@ def definition(tmp_path: Path, epochs=3, seeds=2, name="tiny") -> Path:
 
 
 def metrics(folder: Path) -> pd.DataFrame:
-    frames = [pd.read_csv(p) for p in sorted(folder.glob("*.csv"))]
+    frames = [pd.read_csv(p) for p in sorted(folder.glob("*.csv")) if not p.name.endswith(".diagnostics.csv")]
     return (
         pd.concat(frames)
         .drop(columns="epoch_seconds")
@@ -104,6 +74,8 @@ BAD = [
     (["cartpole", "--bogus"], "--bogus"),
     (["cartpole", "--device", "tpu"], "unknown device 'tpu'"),
     (["cartpole", "--device", "gpu"], "jax sees no GPU"),  # the tests pin JAX_PLATFORMS=cpu
+    (["cartpole", "--grouping", "sideways"], "unknown grouping 'sideways'; allowed: auto, narrow, wide"),
+    (["lqr", "--level", "-1"], "invalid a '-1'"),
 ]
 
 
@@ -128,10 +100,30 @@ def test_bad_input_is_one_line_exit_2_nothing_written(args, message, tmp_path, j
             "unknown key 'width'",
         ),
         (
-            TINY.format(epochs=1, seeds=1).replace('problem = "cartpole"', 'problem = "pendulum"'),
-            "unknown problem",
+            TINY.format(epochs=1, seeds=1).replace('problem = "cartpole"', 'problem = "nonesuch"'),
+            "unknown problem 'nonesuch'",
         ),
         (TINY.format(epochs=1, seeds=1).replace("epochs = 1", "epochs = 'ten'"), "epochs must be an integer"),
+        (
+            TINY.format(epochs=1, seeds=1) + "\n[diagnostics]\nevery = 3\n",
+            "unknown key 'every' in [diagnostics]",
+        ),
+        (
+            TINY.format(epochs=1, seeds=1) + "\n[diagnostics]\nepochs = [0, 50]\n",
+            "diagnosed epoch 50 is outside the run; allowed: 0 ... 1",
+        ),
+        (
+            TINY.format(epochs=1, seeds=1)
+            .replace('"cartpole"', '"lqr"')
+            .replace("levels = [1]", "levels = [1.0, 0]"),
+            "invalid a 0 for lqr; allowed: a positive number",
+        ),
+        (
+            TINY.format(epochs=1, seeds=1)
+            .replace('"cartpole"', '"pendulum"')
+            .replace("levels = [1]", "levels = [4]"),
+            "invalid n_links 4 for pendulum; allowed: 1, 2 or 3 links",
+        ),
     ],
 )
 def test_bad_definition_file(text, message, tmp_path, jax_cache):
@@ -171,7 +163,7 @@ def test_smoke_run_resume_skip_and_plot(tmp_path, jax_cache):
     result = cli("bptt-run", path, "--out", tmp_path / "res", cache=jax_cache, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "res" / "tiny"
-    csvs = sorted(folder.glob("*.csv"))
+    csvs = sorted(p for p in folder.glob("*.csv") if not p.name.endswith(".diagnostics.csv"))
     assert len(csvs) == 4  # R/C × NORM/NONE
     frame = pd.read_csv(csvs[0])
     assert len(frame) == 2 * 3 and sorted(frame["seed"].unique()) == [0, 1]
@@ -193,7 +185,7 @@ def test_smoke_run_resume_skip_and_plot(tmp_path, jax_cache):
     # A second run skips everything and leaves the files alone.
     stamps = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
     again = cli("bptt-run", path, "--out", tmp_path / "res", cache=jax_cache, cwd=tmp_path)
-    assert again.returncode == 0 and "already complete" in again.stderr
+    assert again.returncode == 0 and "0 run(s) trained, 4 found complete" in again.stderr
     assert stamps == {p: p.stat().st_mtime_ns for p in folder.iterdir()}
 
     plot = cli("bptt-plot", tmp_path / "res", cache=jax_cache, cwd=tmp_path)
@@ -203,6 +195,35 @@ def test_smoke_run_resume_skip_and_plot(tmp_path, jax_cache):
     summary = pd.read_csv(tmp_path / "res" / "summary.csv")
     assert len(summary) == 4 and (summary["n_seeds"] == 2).all()
     assert "| tiny |" in plot.stdout  # the Markdown table is printed
+
+    # A CSV bptt-run did not write (a user's notes) is skipped with one warning line.
+    (tmp_path / "res" / "notes.csv").write_text("who,what\nme,ran it,twice,today\n")
+    (tmp_path / "res" / "tiny" / "half-copied.csv").write_bytes(b"\xff\xfe\x00garbage")
+    plot = cli("bptt-plot", tmp_path / "res", cache=jax_cache, cwd=tmp_path)
+    assert plot.returncode == 0, plot.stderr
+    warnings = [line for line in plot.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and "notes.csv" in warnings[0] + warnings[1], plot.stderr
+    assert "Traceback" not in plot.stderr
+
+
+def test_list_shows_scales_and_seed_option_sets_the_first_seed(tmp_path, jax_cache):
+    listed = cli("bptt-run", "--list", cache=jax_cache, cwd=tmp_path)
+    assert "[scales: paper, quick, smoke]" in listed.stdout, listed.stdout
+    for name in ("lqr", "pendulum"):
+        assert name in listed.stdout
+    plan = cli(
+        "bptt-run",
+        definition(tmp_path),
+        "--seed",
+        "7",
+        "--seeds",
+        "2",
+        "--dry-run",
+        cache=jax_cache,
+        cwd=tmp_path,
+    )
+    assert plan.returncode == 0 and "seeds 7..8" in plan.stderr, plan.stderr
+    assert "2 program(s)" in plan.stdout and "rows" in plan.stdout
 
 
 def wait_for_epochs(folder: Path, proc: subprocess.Popen, at_least: int, timeout=240) -> None:
@@ -256,7 +277,11 @@ def test_interrupted_run_resumes_to_identical_results(how, tmp_path, jax_cache):
         assert proc.returncode == -signal.SIGKILL
 
     # What is on disk is consistent: parseable, no duplicated rows, and incomplete.
-    partial = [pd.read_csv(p) for p in (out / "tiny").glob("*.csv")]
+    partial = [
+        results.read_run_csv(p)
+        for p in (out / "tiny").glob("*.csv")
+        if not p.name.endswith(".diagnostics.csv")
+    ]
     assert partial, "at least one chunk was committed"
     for frame in partial:
         assert not frame.duplicated(["seed", "epoch"]).any()

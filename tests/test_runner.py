@@ -37,15 +37,15 @@ def specs(tmp_path):
 
 
 def frame(folder: Path) -> pd.DataFrame:
-    parts = [pd.read_csv(p) for p in sorted(folder.glob("*.csv"))]
+    parts = [pd.read_csv(p) for p in sorted(folder.glob("*.csv")) if not p.name.endswith(".diagnostics.csv")]
     return pd.concat(parts).drop(columns="epoch_seconds").sort_values(["run_id", "seed", "epoch"])
 
 
 def test_numeric_levels_and_clips_share_one_program(specs, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "_PROGRAMS", {})
     report = runner.run(specs, tmp_path / "a")
-    assert len(report.completed) == 4
-    assert len(runner._PROGRAMS) == 1  # 2 rc × 2 clips × 2 seeds: one compiled program
+    assert len(report.trained) == 4
+    assert len([k for k in runner._PROGRAMS if k[0] == "chunk"]) == 1  # 2 rc × 2 clips × 2 seeds: one program
     assert len(set(report.compile_seconds.values())) == 1
     table = frame(tmp_path / "a" / "g")
     assert {"batch_physics_loss", "train_physics_loss", "test_physics_loss"} <= set(table.columns)
@@ -74,13 +74,13 @@ def test_death_between_csv_and_checkpoint_loses_nothing(specs, tmp_path, monkeyp
     ahead = [p for p in folder.glob("*.csv") if pd.read_csv(p)["epoch"].max() == 2]
     assert ahead, "some CSV is ahead of its checkpoint"
     report = runner.run(specs, tmp_path / "out")
-    assert len(report.resumed) == 4 and not report.skipped
+    assert len(report.resumed) == 4 and not report.found_complete
     pd.testing.assert_frame_equal(frame(folder), frame(tmp_path / "ref" / "g"))
 
     # Everything is complete now: a third call trains nothing and touches nothing.
     stamps = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
     again = runner.run(specs, tmp_path / "out")
-    assert len(again.skipped) == 4 and not again.completed
+    assert len(again.found_complete) == 4 and not again.trained
     assert stamps == {p: p.stat().st_mtime_ns for p in folder.iterdir()}
 
 
@@ -92,6 +92,6 @@ def test_threshold_is_not_identity(specs, tmp_path):
     changed = [dataclasses.replace(spec, threshold=0.5) for spec in specs]
     assert [s.run_id for s in changed] == [s.run_id for s in specs]
     report = runner.run(changed, tmp_path / "a")
-    assert len(report.skipped) == 4 and not report.completed
+    assert len(report.found_complete) == 4 and not report.trained
     for meta in (tmp_path / "a" / "g").glob("*.json"):
         assert json.loads(meta.read_text())["config"]["threshold"] == 0.5
