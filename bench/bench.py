@@ -1,91 +1,279 @@
-"""Speed figures for `make bench`: compile time and seconds per epoch of the training program
-(the same jitted, vmapped chunk the runner uses, per-epoch evaluation included).
+"""Speed figures for `make bench`: the runner's own compiled programs, timed on this machine.
 
-Prints one table per backend (CPU always; GPU when jax sees one). "per run-epoch" is the epoch
-time divided by the number of seeds trained together. Compare ratios within one run: machines
-are noisy.
+Sections (compare ratios within one run: machines are noisy):
+1. seconds per epoch of one program per problem, flow and row count (CPU: 1, 8, 32 rows per
+   flow in the CPU layout; GPU: 1, 8, 64, 512, 2048 rows), with compile times;
+2. the two program layouts side by side (one program per flow, or one wide program);
+3. GPU only: unroll factors and XLA command buffers for while loops;
+4. the cost of the gradient diagnostics against a paper-scale run;
+5. the host's share of wall time in a real run of a paper-sized program (48 runs per commit);
+6. where a CPU's time goes for cart-pole: its matrix products against this CPU's peak;
+7. the paper grid's estimated wall time on this machine.
+The figures of sections 1-2 are stored for `bptt-run --dry-run` estimates.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
-from functools import partial
+from dataclasses import replace
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from bptt_cli import problems
-from bptt_cli.core import train
+from bptt_cli import config, problems
+from bptt_cli.core import devices, estimate, plan, runner
 
-# (problem, level, flows, seed counts)
-CASES = [
-    ("cartpole", 2, ("R", "C"), (1, 8, 32)),
-    ("guidance", 0.1, ("R", "C"), (1, 8, 32)),
-    ("quantum", 3, ("R", "C"), (1, 8)),
-]
-EPOCHS = 2
+CPU_ROWS = (1, 8, 32)
+GPU_ROWS = (1, 8, 64, 512, 2048)
+PROBLEMS = {"cartpole": 2, "guidance": 0.1, "quantum": 3}  # the level each problem is timed at
+TIMED_EPOCHS = 2
 
 
-def measure(device, problem_name, level, flow, n_seeds, n_data=256):
-    problem = problems.get(problem_name)
-    static = level if problem.level_is_static else None
-    task = problem.make_task(static, dict(problem.default_options))
-    setup = train.Setup(flow, "adam", 8)
-    with jax.default_device(device):
-        x_train, x_test = task.sample_data(jax.random.key(42), n_data)
-        hypers = train.Hypers(
-            key=jax.vmap(jax.random.key)(jnp.arange(n_seeds)),
-            learning_rate=jnp.full((n_seeds,), 1e-3),
-            clip_value=jnp.full((n_seeds,), jnp.inf),
-            clip_norm=jnp.full((n_seeds,), 1.0),
-            level=jnp.full((n_seeds,), float(level)),
+def program_for(problem: str, level, flows: list[str], rows: int, profile, n_data=256, epochs=1000):
+    """One program of the runner: ``rows`` rows spread over the flows (seeds fill the rest)."""
+    exp = config.load(problem)
+    seeds = max(1, rows // len(flows))
+    specs = config.resolve(
+        exp,
+        levels=[level],
+        flows=flows,
+        clips=["NORM"],
+        seeds=seeds,
+        epochs=epochs,
+        n_data=n_data,
+        diagnostics=False,
+    )
+    (program,) = plan.plan([(s, 0) for s in specs], profile, problems.get)
+    return program
+
+
+def time_program(program, profile, epochs=TIMED_EPOCHS) -> tuple[float, float, runner.Built]:
+    """(compile seconds, steady seconds per epoch, the built program)."""
+    built = runner.build(program, profile)
+    args = (built.hypers, built.x_train, built.x_test)
+    state, metrics, _ = built.compiled(built.state, *args, jnp.int32(1))  # warm-up
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    state, metrics, _ = built.compiled(state, *args, jnp.int32(epochs))
+    jax.block_until_ready(metrics)
+    return built.compile_seconds, (time.perf_counter() - t0) / epochs, built
+
+
+def header(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def section_rows(profile, gpu: bool, only) -> list[dict]:
+    header(
+        "1. one program: seconds per epoch (256 training + 256 test states, per-epoch evaluation included)"
+    )
+    print(
+        f"{'problem':9s} {'level':>5s} {'flow':>5s} {'rows':>5s} {'compile s':>9s} {'s/epoch':>8s} {'s/row-epoch':>11s}"
+    )
+    entries = []
+    for name, level in PROBLEMS.items():
+        if only and name != only:
+            continue
+        flow_sets = [["R"], ["C"]] if gpu else [["R"], ["M"], ["S"], ["C"]]
+        for flows in flow_sets:
+            counts = GPU_ROWS if gpu else (CPU_ROWS if name != "quantum" else CPU_ROWS[:2])
+            for rows in counts:
+                program = program_for(name, level, flows, rows, profile)
+                compile_s, epoch_s, _ = time_program(program, profile)
+                print(
+                    f"{name:9s} {level!s:>5s} {flows[0]:>5s} {program.rows:5d} {compile_s:9.2f} {epoch_s:8.3f} "
+                    f"{epoch_s / program.rows:11.4f}",
+                    flush=True,
+                )
+                if flows[0] in ("R", "C"):
+                    entries.append(
+                        {
+                            "problem": name,
+                            "gradients": 1 if flows[0] == "R" else 2,
+                            "rows": program.rows,
+                            "epoch_seconds": epoch_s,
+                            "compile_seconds": compile_s,
+                            "n_data": 256,
+                            "batch_size": 8,
+                        }
+                    )
+    return entries
+
+
+def section_layouts(platform: str, only) -> None:
+    header(
+        "2. layouts: one program per flow (narrow) against one program for all flows (wide), 8 seeds per flow"
+    )
+    print(
+        f"{'problem':9s} {'layout':>7s} {'programs':>8s} {'compile s':>9s} {'s/epoch (sum)':>13s} {'s/row-epoch':>11s}"
+    )
+    for name, level in PROBLEMS.items():
+        if only and name != only:
+            continue
+        seeds = 8 if name != "quantum" else 2
+        for layout in ("narrow", "wide"):
+            profile = devices.profile(platform, layout)
+            specs = config.resolve(
+                config.load(name), levels=[level], clips=["NORM"], seeds=seeds, epochs=1000, diagnostics=False
+            )
+            programs = plan.plan([(s, 0) for s in specs], profile, problems.get)
+            timed = [time_program(p, profile) for p in programs]
+            compile_s = sum(t[0] for t in timed)
+            epoch_s = sum(t[1] for t in timed)
+            rows = sum(p.rows for p in programs)
+            print(
+                f"{name:9s} {layout:>7s} {len(programs):8d} {compile_s:9.2f} {epoch_s:13.3f} {epoch_s / rows:11.4f}",
+                flush=True,
+            )
+
+
+def section_gpu_options(platform: str) -> None:
+    header("3. GPU compile options (cart-pole, wide program of 4 flows x 128 seeds = 512 rows)")
+    print(f"{'unroll':>6s} {'command buffers':>40s} {'compile s':>9s} {'s/epoch':>8s}")
+    buffers = [None, "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"]
+    for unroll in (1, 2, 4, 8):
+        for cb in buffers:
+            options = {} if cb is None else {"xla_gpu_enable_command_buffer": cb}
+            profile = replace(devices.profile(platform, "wide"), unroll=unroll, compiler_options=options)
+            program = program_for("cartpole", 2, ["R", "M", "C", "S"], 512, profile)
+            try:
+                compile_s, epoch_s, _ = time_program(program, profile)
+                print(f"{unroll:6d} {cb or 'XLA default':>40s} {compile_s:9.2f} {epoch_s:8.3f}", flush=True)
+            except Exception as err:  # an option this jaxlib does not know: say so and go on
+                print(f"{unroll:6d} {cb or 'XLA default':>40s}   failed: {' '.join(str(err).split())[:80]}")
+
+
+def section_diagnostics(profile, only) -> None:
+    header("4. diagnostics: cost against a paper-scale run (1000 epochs, diagnosed at 0, 1, 10, 100, 1000)")
+    print(f"{'problem':9s} {'rows':>4s} {'compile s':>9s} {'call s':>7s} {'run s':>8s} {'extra':>6s}")
+    for name, level in PROBLEMS.items():
+        if only and name != only:
+            continue
+        program = program_for(name, level, ["C"], 3, profile)
+        program = replace(
+            program, runs=tuple(replace(s, diagnostics=(0, 1, 10, 100, 1000)) for s in program.runs)
         )
-        state = jax.jit(jax.vmap(partial(train.init_state, task, setup)))(hypers)
-        chunk = jax.jit(
-            jax.vmap(partial(train.train_chunk, task, setup, EPOCHS), in_axes=(0, 0, None, None, None))
+        compile_s, epoch_s, built = time_program(program, profile)
+        t0 = time.perf_counter()
+        jax.block_until_ready(built.diagnose(built.state.theta, built.hypers, built.x_test))
+        diag_compile = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        jax.block_until_ready(built.diagnose(built.state.theta, built.hypers, built.x_test))
+        call = time.perf_counter() - t0
+        run_s = compile_s + 1000 * epoch_s
+        extra = (diag_compile - call + 5 * call) / run_s
+        print(
+            f"{name:9s} {program.rows:4d} {diag_compile - call:9.2f} {call:7.3f} {run_s:8.0f} {extra:6.1%}",
+            flush=True,
         )
+
+
+def section_host(platform: str) -> None:
+    header("5. host share: a real run of the cart-pole paper grid as ONE wide program (48 runs x 3 seeds)")
+    profile = devices.profile(platform, "wide")
+    specs = config.resolve(config.load("cartpole"), epochs=12, n_data=32, diagnostics=False)
+    os.environ["BPTT_CHUNK_EPOCHS"] = "2"  # many commits: the worst case for the host
+    with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        compiled = chunk.lower(state, hypers, x_train, x_test, jnp.int32(1)).compile()
-        compile_s = time.perf_counter() - t0
-        state, metrics, _ = compiled(state, hypers, x_train, x_test, jnp.int32(1))  # warm-up
-        jax.block_until_ready(metrics)
-        t0 = time.perf_counter()
-        state, metrics, _ = compiled(state, hypers, x_train, x_test, jnp.int32(EPOCHS))
-        jax.block_until_ready(metrics)
-        epoch_s = (time.perf_counter() - t0) / EPOCHS
-    return compile_s, epoch_s
+        report = runner.run(specs, Path(out), profile=profile)
+        wall = time.perf_counter() - t0 - sum(set(report.compile_seconds.values()))
+    del os.environ["BPTT_CHUNK_EPOCHS"]
+    (program,) = plan.plan([(s, 0) for s in specs], profile, problems.get)
+    built = runner.build(program, profile)
+    state = built.state
+    jax.block_until_ready(built.compiled(state, built.hypers, built.x_train, built.x_test, jnp.int32(2)))
+    t0 = time.perf_counter()
+    for _ in range(6):
+        state, metrics, _ = built.compiled(state, built.hypers, built.x_train, built.x_test, jnp.int32(2))
+    jax.block_until_ready(metrics)
+    pure = time.perf_counter() - t0
+    print(
+        f"12 epochs in 6 commits of 48 runs: wall {wall:.2f} s (after compile), compiled chunks back to back "
+        f"{pure:.2f} s, host work {report.host_seconds:.2f} s ({report.host_seconds / 6:.3f} s per commit, "
+        f"overlapping the next chunk)\nshare of wall time outside compiled code: {max(0.0, 1 - pure / wall):.1%}",
+        flush=True,
+    )
+
+
+def section_cpu_limit() -> None:
+    header("6. where a CPU's time goes: cart-pole's matrix products against this CPU's peak")
+    width, batch, steps = 100, 8, 1000
+    w = jax.random.normal(jax.random.key(0), (width, width))
+    x = jax.random.normal(jax.random.key(1), (batch, width))
+
+    @jax.jit
+    def chain(x):
+        return jax.lax.scan(lambda h, _: (jnp.tanh(h @ w), None), x, None, length=steps)[0]
+
+    jax.block_until_ready(chain(x))
+    t0 = time.perf_counter()
+    jax.block_until_ready(chain(x))
+    seconds = time.perf_counter() - t0
+    peak = 2 * batch * width * width * steps / seconds / 1e9
+    # One cart-pole update (2 poles): forward through 10-100-100-1 and back (about 3x forward),
+    # 100 steps, 32 minibatches of 8, plus the forward evaluation of 512 states per epoch.
+    flops_step = 2 * (10 * width + width * width + width)
+    epoch_flops = 3 * flops_step * batch * 100 * 32 + flops_step * 512 * 100
+    program = program_for("cartpole", 2, ["R"], 1, devices.profile("cpu", "narrow"))
+    _, epoch_s, _ = time_program(program, devices.profile("cpu", "narrow"))
+    print(
+        f"a scan of 8x100 @ 100x100 matrix products + tanh: {peak:.1f} GFLOP/s\n"
+        f"cart-pole R, 1 seed: {epoch_flops / 1e9:.2f} GFLOP per epoch in {epoch_s:.3f} s = "
+        f"{epoch_flops / epoch_s / 1e9:.1f} GFLOP/s ({epoch_flops / epoch_s / 1e9 / peak:.0%} of that rate)",
+        flush=True,
+    )
+
+
+def section_grid(profile) -> None:
+    header("7. the paper grid (make reproduce: 132 configurations x 3 seeds x 1000 epochs) on this machine")
+    specs = [s for name in ("cartpole", "guidance", "quantum") for s in config.resolve(config.load(name))]
+    programs = plan.plan([(s, 0) for s in specs], profile, problems.get)
+    entries = estimate.load()
+    total = 0.0
+    for program in programs:
+        seconds = estimate.program_seconds(program, entries)
+        total += seconds or float("nan")
+        guess = "no figures" if seconds is None else estimate.fmt(seconds)
+        print(f"  {program.describe()}: {guess}")
+    print(
+        f"{len(programs)} programs, estimated wall time {estimate.fmt(total) if np.isfinite(total) else 'unknown'}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=[c[0] for c in CASES], help="one problem only")
+    parser.add_argument("--only", choices=list(PROBLEMS), help="one problem only (sections 1, 2 and 4)")
+    parser.add_argument("--sections", default="1234567", help="which sections to run, e.g. 15")
     args = parser.parse_args()
-    backends = [("cpu", jax.devices("cpu")[0])]
-    try:
-        backends.append(("gpu", jax.devices("gpu")[0]))
-    except RuntimeError:
-        print("no GPU visible to jax: CPU figures only")
-
-    print(f"jax {jax.__version__}, {os.cpu_count()} CPU cores visible, {EPOCHS} timed epochs after a warm-up")
-    for backend, device in backends:
-        print(f"\n== {backend}: {device.device_kind}")
-        print(
-            f"{'problem':10s} {'level':>6s} {'flow':>4s} {'seeds':>5s} {'compile s':>9s} {'s/epoch':>8s} {'s/run-epoch':>11s}"
-        )
-        for problem_name, level, flows, seed_counts in CASES:
-            if args.only and problem_name != args.only:
-                continue
-            for flow in flows:
-                counts = seed_counts if backend == "cpu" else (1, 8, 32, 128)
-                for n_seeds in counts:
-                    compile_s, epoch_s = measure(device, problem_name, level, flow, n_seeds)
-                    print(
-                        f"{problem_name:10s} {level!s:>6s} {flow:>4s} {n_seeds:5d} {compile_s:9.2f} "
-                        f"{epoch_s:8.3f} {epoch_s / n_seeds:11.4f}",
-                        flush=True,
-                    )
+    device = jax.devices()[0]
+    gpu = device.platform != "cpu"
+    profile = devices.current()
+    print(
+        f"jax {jax.__version__} on {device.platform} ({device.device_kind}, {len(jax.devices())} device(s)), "
+        f"{os.cpu_count()} CPU cores; layout {'wide' if profile.merge_flows else 'narrow'}, unroll "
+        f"{profile.unroll}; {profile.basis}"
+    )
+    if "1" in args.sections:
+        entries = section_rows(profile, gpu, args.only)
+        if not args.only:
+            print(f"stored for --dry-run estimates: {estimate.save(entries, jax.__version__)}")
+    if "2" in args.sections:
+        section_layouts(device.platform, args.only)
+    if "3" in args.sections and gpu:
+        section_gpu_options(device.platform)
+    if "4" in args.sections:
+        section_diagnostics(profile, args.only)
+    if "5" in args.sections:
+        section_host(device.platform)
+    if "6" in args.sections and not gpu:
+        section_cpu_limit()
+    if "7" in args.sections:
+        section_grid(profile)
 
 
 if __name__ == "__main__":
