@@ -28,11 +28,15 @@ def save_figure(fig, out_dir: Path, stem: str, dpi: int = 130) -> list[Path]:
 def plot_all(results_dir: Path, figures_dir: Path) -> list[Path]:
     """Every figure the results under ``results_dir`` allow, plus ``summary.csv``/``summary.md``.
 
-    Returns the paths written (empty when there are no results at all).
+    Per experiment: the test-loss curves (from the run CSVs), the gradient diagnostics (from
+    ``*.diagnostics.csv``, where there are any) and the trajectory picture (from
+    ``*.trajectories.npz``, where there are any); then the toy figures. Returns the paths
+    written (empty when there are no results at all).
     """
     from bptt_cli import results, summary
-    from bptt_cli.plotting import curves, toy
+    from bptt_cli.plotting import curves, diagnostics, toy, trajectories
 
+    results_dir, figures_dir = Path(results_dir), Path(figures_dir)
     written: list[Path] = []
     frame = results.read_results(results_dir)
     if not frame.empty:
@@ -40,6 +44,11 @@ def plot_all(results_dir: Path, figures_dir: Path) -> list[Path]:
         for experiment, rows in frame.groupby("experiment", sort=True):
             written += curves.plot_experiment(str(experiment), rows, figures_dir)
         written += summary.write(frame, results.read_metas(results_dir), results_dir)
+    diagnosed = diagnostics.read_diagnostics(results_dir)
+    if not diagnosed.empty:
+        for experiment in sorted(diagnosed["experiment"].astype(str).unique()):
+            written += diagnostics.plot_diagnostics(experiment, diagnosed, figures_dir)
+    written += trajectories.plot_trajectories(results_dir, figures_dir)
     for toy_dir in sorted({p.parent for p in results_dir.rglob("fig1_fields.csv")}):
         written += toy.plot(toy_dir, figures_dir)
     return written

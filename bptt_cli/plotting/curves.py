@@ -1,5 +1,12 @@
 """Test-loss curves per experiment (SPEC §8): 2×2 panels, median over seeds with an
-interquartile band, trailing moving average of window 30, colours by flow, line style by clip."""
+interquartile band, trailing moving average of window 30, colours by flow, line style by clip.
+
+Problems without a layout of their own (a user's problem) get a generic one: a panel per level
+titled ``<level_key> = <level>``, the test loss on a log axis with an automatic range.
+
+Which level is hardest, and the order of the panels, is decided here only
+(:func:`ordered_levels`); the diagnostics and trajectory figures reuse it.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ CLIP_STYLES = {"VALUE": "-", "NORM": "--", "NONE": ":"}
 FLOW_ORDER = ("R", "M", "C", "S")
 SMOOTHING = 30
 
-# Per problem: panel title for a level, y range, figure title, and which levels fill the panels.
+# Per problem: panel title for a level, y range (None: automatic), figure title, the column drawn.
 LAYOUTS = {
     "cartpole": {
         "title": "Cartpole",
@@ -38,7 +45,62 @@ LAYOUTS = {
         "ylim": (16.5, 135),
         "ylabel": "test loss",
     },
+    "lqr": {
+        "title": "Linear-quadratic control",
+        "panel": "a = {}",
+        "ylim": None,
+        "ylabel": "gap to the optimum (test loss / L* − 1)",
+        "column": "optimality_gap",
+    },
+    "pendulum": {
+        "title": "Chained pendulum on a cart",
+        "panel": "Number of links: {}",
+        "ylim": (1e-6, 3),
+        "ylabel": "test loss",
+    },
 }
+# Problems whose task gets harder as the level *decreases* (guidance: less regularization).
+# Everywhere else a larger level is harder (more poles, links, a higher target state, larger a).
+HARDER_WHEN_SMALLER = frozenset({"guidance"})
+
+
+def layout_of(problem: str, level_key: str = "level") -> dict:
+    """The figure layout of ``problem``; a generic one for a problem this package does not know."""
+    if problem in LAYOUTS:
+        return {"column": "test_loss", **LAYOUTS[problem]}
+    return {
+        "title": problem,
+        "panel": f"{level_key} = {{}}",
+        "ylim": None,
+        "ylabel": "test loss",
+        "column": "test_loss",
+    }
+
+
+def level_title(problem: str, level: str, level_key: str = "level") -> str:
+    """How a panel names ``level`` (quantum counts target states from the ground state as 0)."""
+    if problem == "quantum":
+        return LAYOUTS["quantum"]["panel"].format(int(float(level)) - 1)
+    return layout_of(problem, level_key)["panel"].format(level)
+
+
+def ordered_levels(problem: str, levels) -> list[str]:
+    """The distinct ``levels`` (text) from the easiest to the hardest: the order of the panels.
+
+    Numeric levels are ordered by value (reversed for :data:`HARDER_WHEN_SMALLER`); a problem
+    with text levels keeps them in text order.
+    """
+    levels = list(dict.fromkeys(str(level) for level in levels))
+    try:
+        ordered = sorted(levels, key=float)
+    except ValueError:
+        return sorted(levels)
+    return ordered[::-1] if problem in HARDER_WHEN_SMALLER else ordered
+
+
+def hardest_level(problem: str, levels) -> str:
+    """The hardest of ``levels``: the largest, except where :data:`HARDER_WHEN_SMALLER`."""
+    return ordered_levels(problem, levels)[-1]
 
 
 def smooth(values: np.ndarray, window: int = SMOOTHING) -> np.ndarray:
@@ -115,26 +177,30 @@ def _ordered(rows: pd.DataFrame) -> pd.DataFrame:
 
 def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[Path]:
     """The 2×2 figure of one experiment, as PNG and PDF in ``out_dir``."""
-    problem = rows["problem"].iloc[0]
-    layout = LAYOUTS[problem]
+    problem = str(rows["problem"].iloc[0])
+    level_key = str(rows["level_key"].iloc[0]) if "level_key" in rows else "level"
+    layout = layout_of(problem, level_key)
+    column, ylabel, ylim = layout["column"], layout["ylabel"], layout["ylim"]
+    if column not in rows or not rows[column].notna().any():
+        column, ylabel = "test_loss", "test loss"  # e.g. lqr files written before the gap existed
     rows = _ordered(rows)
     flows = list(dict.fromkeys(rows["flow"]))
-    levels = sorted(rows["level"].unique(), key=float, reverse=problem == "guidance")
+    levels = ordered_levels(problem, rows["level"])
     panels: list[tuple[str, pd.DataFrame, str]] = []
     if problem == "quantum":
         # Three loss panels and the update size at the hardest target (SPEC §8).
         for level in levels[:3]:
-            panels.append((layout["panel"].format(int(level) - 1), rows[rows["level"] == level], "test_loss"))
+            panels.append((level_title(problem, level), rows[rows["level"] == level], column))
         panels.append(
             (
-                f"Update size (target state {int(levels[-1]) - 1})",
+                f"Update size (target state {int(float(levels[-1])) - 1})",
                 rows[rows["level"] == levels[-1]],
                 "update_sq_norm",
             )
         )
     else:
         for level in levels[:4]:
-            panels.append((layout["panel"].format(level), rows[rows["level"] == level], "test_loss"))
+            panels.append((level_title(problem, level, level_key), rows[rows["level"] == level], column))
 
     # The paper's 2×2 grid; fewer panels (a subset of levels) get a smaller grid.
     n_cols = 1 if len(panels) == 1 else 2
@@ -145,14 +211,16 @@ def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[
     for ax, (title, panel_rows, column) in zip(axes.flat, panels, strict=False):
         _draw(ax, panel_rows, column, flows)
         ax.set_yscale("log")
-        _plain_ticks(ax, column == "test_loss" and layout["ylim"][1] / layout["ylim"][0] < 100)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         if column == "update_sq_norm":
             ax.set_ylabel("squared norm of the update (before clipping)")
         else:
-            ax.set_ylabel(layout["ylabel"])
-            ax.set_ylim(*layout["ylim"])
+            ax.set_ylabel(ylabel)
+            if ylim is not None:
+                ax.set_ylim(*ylim)
+            low, high = ax.get_ylim()
+            _plain_ticks(ax, low > 0 and high / low < 100)
         ax.grid(True, which="major", alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")

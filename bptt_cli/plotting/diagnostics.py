@@ -1,0 +1,180 @@
+"""Where the gradient grows or fades (SPEC §14), from ``<run_id>.diagnostics.csv`` files.
+
+Each file holds one row per (seed, diagnosed epoch, t) with the configuration columns
+(experiment, run_id, problem, level_key, level, flow, clip), seed, epoch, t = 0 … Nt,
+``grad_norm_R`` / ``grad_norm_M`` (median over a batch of |∂L/∂x_t| for flows R and M),
+``jac_physics`` / ``jac_closed_loop`` (largest singular value of one step's Jacobian, empty at
+t = Nt) and ``log10_growth_physics`` / ``log10_growth_closed_loop`` (running sums of their log10).
+
+The figure ``<experiment>_diagnostics.png/.pdf`` has one row per level, in the order of the
+experiment's main figure, and two panels per row for one trained controller (C if there is one,
+else R, else another flow; clip NORM, else VALUE, else NONE), at its first and last diagnosed
+epoch: (a) the gradient reaching each step under R and M, (b) the growth of a perturbation
+through the simulator alone and through the closed loop.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib import patheffects
+from matplotlib.lines import Line2D
+
+from bptt_cli.plotting import save_figure
+from bptt_cli.plotting.curves import FLOW_COLOURS, FLOW_ORDER, level_title, ordered_levels
+
+CONTROLLER_FLOWS = ("C", "R")  # which run's diagnostics to show, in order of preference
+CLIP_PREFERENCE = ("NORM", "VALUE", "NONE")
+GRADIENTS = {
+    "grad_norm_R": ("R: full backpropagation", FLOW_COLOURS["R"], 2.4, None),
+    # The yellow M line is thinner, on top of R, with a dark outline so that it stays visible on
+    # white and where it coincides with R (at epoch 0 with a zeroed last layer).
+    "grad_norm_M": ("M: network's input Jacobian cut", FLOW_COLOURS["M"], 1.3, "#7a5c00"),
+}
+GROWTHS = {
+    "log10_growth_physics": ("simulator alone (∂S/∂x)", "#118ab2"),
+    "log10_growth_closed_loop": ("closed loop (∂S/∂x + ∂S/∂u·∂N/∂x)", "#6a4c93"),
+}
+EPOCH_STYLES = ("--", "-")  # first diagnosed epoch, last diagnosed epoch
+
+
+def read_diagnostics(root: Path) -> pd.DataFrame:
+    """Every ``*.diagnostics.csv`` below ``root`` (the figure folder excluded) in one frame; levels
+    stay text. A file still being appended to loses its torn last line; an unreadable file is
+    skipped. Empty frame when there is none."""
+    from bptt_cli.results import FIGURES_DIR
+
+    root = Path(root)
+    frames = []
+    for path in sorted(root.rglob("*.diagnostics.csv")):
+        if FIGURES_DIR in path.relative_to(root).parts or path.name.startswith("."):
+            continue
+        data = path.read_bytes()
+        try:
+            frame = pd.read_csv(io.BytesIO(data[: data.rfind(b"\n") + 1]), dtype={"level": str})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+            continue
+        if not frame.empty and {"experiment", "run_id", "seed", "epoch", "t"} <= set(frame.columns):
+            frames.append(frame.dropna(subset=["seed", "epoch", "t"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def choose_run(rows: pd.DataFrame) -> str:
+    """The run id whose diagnostics a row of the figure shows: flow C, else R, else the first
+    flow; clip NORM, else VALUE, else NONE; among equals the run with the most epochs and seeds."""
+    runs = rows.groupby("run_id").agg(
+        flow=("flow", "first"), clip=("clip", "first"), epochs=("epoch", "max"), seeds=("seed", "nunique")
+    )
+
+    def rank(run_id: str) -> tuple:
+        flow, clip = runs.loc[run_id, "flow"], runs.loc[run_id, "clip"]
+        if flow in CONTROLLER_FLOWS:
+            flow_rank = (CONTROLLER_FLOWS.index(flow), "")
+        else:
+            flow_rank = (len(CONTROLLER_FLOWS) + (FLOW_ORDER.index(flow) if flow in FLOW_ORDER else 9), flow)
+        clip_rank = CLIP_PREFERENCE.index(clip) if clip in CLIP_PREFERENCE else len(CLIP_PREFERENCE)
+        return (*flow_rank, clip_rank, -runs.loc[run_id, "epochs"], -runs.loc[run_id, "seeds"], run_id)
+
+    return min(runs.index, key=rank)
+
+
+def plot_diagnostics(experiment: str, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """``<experiment>_diagnostics.png/.pdf`` in ``out_dir`` from the diagnostics rows of one
+    experiment (other experiments' rows in ``frame`` are ignored); [] when there are none."""
+    rows = frame[frame["experiment"] == experiment] if "experiment" in frame else frame.iloc[:0]
+    if rows.empty:
+        return []
+    problem = str(rows["problem"].iloc[0])
+    level_key = str(rows["level_key"].iloc[0])
+    levels = ordered_levels(problem, rows["level"])
+    fig, axes = plt.subplots(len(levels), 2, figsize=(12.5, 3.4 * len(levels) + 1.6), squeeze=False)
+    n_seeds = 1
+    for (grad_ax, growth_ax), level in zip(axes, levels, strict=True):
+        level_rows = rows[rows["level"] == level]
+        run_id = choose_run(level_rows)
+        run = level_rows[level_rows["run_id"] == run_id]
+        n_seeds = max(n_seeds, run["seed"].nunique())
+        epochs = sorted(int(e) for e in run["epoch"].unique())
+        shown = [epochs[0], epochs[-1]] if len(epochs) > 1 else epochs
+        styles = dict(zip(shown, EPOCH_STYLES[-len(shown) :], strict=True))
+        controller = f"controller trained with {run['flow'].iloc[0]}, clip {run['clip'].iloc[0]}"
+        where = level_title(problem, level, level_key)
+
+        for column, (_, colour, width, edge) in GRADIENTS.items():
+            effects = [patheffects.Stroke(linewidth=width + 1.4, foreground=edge), patheffects.Normal()]
+            for epoch, style in styles.items():
+                t, q25, q50, q75 = _quartiles(run[run["epoch"] == epoch], column, positive=True)
+                ax_line = grad_ax.plot(t, q50, color=colour, ls=style, lw=width)[0]
+                if edge is not None:
+                    ax_line.set_path_effects(effects)
+                if run["seed"].nunique() > 1:
+                    grad_ax.fill_between(t, q25, q75, color=colour, alpha=0.2, lw=0)
+        grad_ax.set_yscale("log")
+        grad_ax.set_title(f"(a) Feedback along the horizon — {where}\n{controller}", fontsize=10)
+        grad_ax.set_xlabel("time step t")
+        grad_ax.set_ylabel("|∂L/∂x_t| (gradient reaching step t)")
+        grad_ax.grid(True, which="major", alpha=0.3)
+        grad_ax.legend(handles=_legend(GRADIENTS, styles, edge=True), fontsize=7, loc="best")
+
+        growth_ax.axhline(0.0, color="0.5", lw=0.8)
+        for column, (_, colour) in GROWTHS.items():
+            for epoch, style in styles.items():
+                t, q25, q50, q75 = _quartiles(run[run["epoch"] == epoch], column, positive=False)
+                growth_ax.plot(t, q50, color=colour, ls=style, lw=1.6)
+                if run["seed"].nunique() > 1:
+                    growth_ax.fill_between(t, q25, q75, color=colour, alpha=0.18, lw=0)
+        growth_ax.set_title(f"(b) Jacobian growth — {where}\n{controller}", fontsize=10)
+        growth_ax.set_xlabel("time step t")
+        growth_ax.set_ylabel("log10 of the growth of a\nperturbation since t = 0")
+        growth_ax.grid(True, alpha=0.3)
+        growth_ax.legend(handles=_legend(GROWTHS, styles, edge=False), fontsize=7, loc="best")
+
+    band = f"median over {n_seeds} seeds, band = interquartile range" if n_seeds > 1 else "one seed"
+    fig.suptitle(
+        f"Gradient diagnostics ({experiment}): {band}\n"
+        "In (b), the simulator alone (physics) near 0 means its own Jacobians are balanced: "
+        "a perturbation neither grows nor shrinks along the horizon.",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    written = save_figure(fig, out_dir, f"{experiment}_diagnostics")
+    plt.close(fig)
+    return written
+
+
+def _quartiles(rows: pd.DataFrame, column: str, positive: bool):
+    """``t`` and the 25th, 50th and 75th percentiles over seeds of ``column`` at each t (NaN
+    where no seed has a finite value; on a log axis also where it is not positive)."""
+    values = pd.to_numeric(rows[column], errors="coerce").to_numpy(float)
+    values = np.where(np.isfinite(values) & ((values > 0) if positive else True), values, np.nan)
+    table = (
+        pd.DataFrame({"t": rows["t"].to_numpy(), "seed": rows["seed"].to_numpy(), "v": values})
+        .pivot_table(index="t", columns="seed", values="v", aggfunc="first", dropna=False)
+        .sort_index()
+    )
+    data = table.to_numpy(float)
+    quartiles = np.full((3, len(table)), np.nan)
+    finite = np.isfinite(data).any(axis=1)
+    if finite.any():
+        quartiles[:, finite] = np.nanpercentile(data[finite], [25, 50, 75], axis=1)
+    return table.index.to_numpy(), *quartiles
+
+
+def _legend(series: dict, styles: dict[int, str], edge: bool) -> list[Line2D]:
+    handles = []
+    for spec in series.values():
+        label, colour = spec[0], spec[1]
+        line = Line2D([], [], color=colour, lw=2.0, label=label)
+        if edge and spec[3] is not None:
+            line.set_path_effects(
+                [patheffects.Stroke(linewidth=3.4, foreground=spec[3]), patheffects.Normal()]
+            )
+        handles.append(line)
+    for epoch, style in styles.items():
+        label = "untrained (epoch 0)" if epoch == 0 else f"after epoch {epoch}"
+        handles.append(Line2D([], [], color="0.3", ls=style, lw=1.4, label=label))
+    return handles
