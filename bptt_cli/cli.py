@@ -296,11 +296,15 @@ def _print_plan(exp, scale: str, specs, out: Path, share) -> None:
     mine = f"; this worker's share: {share[0]}/{share[1]}" if share else ""
     err_console.print(
         f"{exp.name} [{scale.lower()}]: {len(specs)} run(s) × {len(first.seeds)} seed(s); "
-        f"{first.level_key} {levels}, flows {sorted({s.flow for s in specs})}, clips {sorted({s.clip for s in specs})}; "
+        f"{first.level_key} {levels}, flows {_in_order(s.flow for s in specs)}, clips {_in_order(s.clip for s in specs)}; "
         f"{first.epochs} epochs, {first.n_data} states, batch {first.batch_size}, {first.optimizer} lr {first.learning_rate:g}, "
         f"data seed {first.data_seed}, seeds {first.seeds[0]}..{first.seeds[-1]}{mine} → {out / exp.name}",
         markup=False,
     )
+
+
+def _in_order(items) -> str:
+    return ", ".join(dict.fromkeys(items))
 
 
 def _print_programs(specs, out: Path, profile) -> None:
@@ -330,7 +334,9 @@ def _print_programs(specs, out: Path, profile) -> None:
         return
     if total is None or not figures:
         out_console.print(
-            "no bench figures for this machine for every program: run `make bench` to get a wall-time estimate",
+            "no wall-time estimate: this machine has no bench figures for "
+            + ("these problems" if figures else "any problem")
+            + " (run `make bench` in a checkout, or `python bench/bench.py`)",
             markup=False,
         )
     else:

@@ -82,6 +82,19 @@ TRAIN_KEYS: dict[str, type] = {
     "clip_value": float,
     "clip_norm": float,
 }
+# What a definition's [train] table may leave out: the paper's protocol (SPEC §3, §4, §9).
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 1000,
+    "seeds": 3,
+    "seed": 42,
+    "data_seed": 42,
+    "n_data": 256,
+    "batch_size": 8,
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "clip_value": 1.0,
+    "clip_norm": 1.0,
+}
 GRID_KEYS = ("levels", "flows", "clips")
 TOP_KEYS = {"problem", "description", "grid", "train", "options", "summary", "scales", "diagnostics"}
 DIAGNOSTICS_KEYS = ("enabled", "epochs")
@@ -256,7 +269,7 @@ def resolve(
     scale_key = scale.lower()
     if scale_key not in scale_names(exp):
         raise UserError(f"unknown scale {scale!r} for {exp.name}; allowed: {', '.join(scale_names(exp))}")
-    values: dict[str, Any] = {**exp.grid, **exp.train, **exp.scales.get(scale_key, {})}
+    values: dict[str, Any] = {**TRAIN_DEFAULTS, **exp.grid, **exp.train, **exp.scales.get(scale_key, {})}
     values.update({k: v for k, v in overrides.items() if v is not None})
 
     problem = _problem(exp)
@@ -278,8 +291,8 @@ def resolve(
     if optimizer not in OPTIMIZER_NAMES:
         raise UserError(f"unknown optimizer {train['optimizer']!r}; allowed: {', '.join(OPTIMIZER_NAMES)}")
 
-    flows = [_flow(f) for f in _as_list(values.get("flows"), "flows")]
-    clips = [_clip(c) for c in _as_list(values.get("clips"), "clips")]
+    flows = [_flow(f) for f in _as_list(values.get("flows", ["R", "M", "C", "S"]), "flows")]
+    clips = [_clip(c) for c in _as_list(values.get("clips", ["NORM"]), "clips")]
     grid_levels = [_level(lv, problem, None) for lv in _as_list(exp.grid.get("levels"), "levels")]
     levels = [_level(lv, problem, grid_levels) for lv in _as_list(values.get("levels"), "levels")]
 

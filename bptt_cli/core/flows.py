@@ -245,8 +245,8 @@ def value_and_grad(
       flow: ``"R"``, ``"M"``, ``"S"``, ``"C"``, ``"T<k>"`` or a ``Flow``.
       controller: ``controller(params, x) -> u`` for ONE sample.
       step: ``step(x, u) -> x_next`` for ONE sample.
-      loss: ``loss(xs, us) -> scalar`` with ``xs (B, n_steps + 1, ...)`` (x0 included) and
-        ``us (B, n_steps, ...)``.
+      loss: ``loss(xs, us) -> scalar`` (or a ``Task.loss``'s ``(total, aux)``) with
+        ``xs (B, n_steps + 1, ...)`` (x0 included) and ``us (B, n_steps, ...)``.
       params: the controller's parameters (any pytree).
       x0: a batch of initial states ``(B, ...)``.
       n_steps: number of simulator steps.
@@ -256,7 +256,8 @@ def value_and_grad(
     """
 
     def with_aux(xs, us):
-        return loss(xs, us), {}
+        out = loss(xs, us)  # a scalar, or a Task's (total, aux)
+        return out if isinstance(out, tuple) else (out, {})
 
     result = flow_gradients(canonical_flow(flow), controller, step, with_aux, params, x0, n_steps)
     return result.value[0], result.update

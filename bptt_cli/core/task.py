@@ -77,8 +77,9 @@ class ProblemDef:
         a Python number, and each level is its own compiled program (unless the problem can be
         padded). False when the level is only a number: ``make_task`` is then called inside
         ``jit`` with the level as a traced float32 scalar, so that every level shares one
-        program; the task may compute with it but not shape arrays by it, and its
-        ``sample_data`` must not depend on it.
+        program; the task may compute with it but not branch on it or shape arrays by it. The
+        data (``sample_data``) and ``n_steps`` are then taken from the task at the program's
+        first level, called with a plain number: they must not depend on the level.
       make_task: ``(level, options) -> Task``; ``options`` holds the ``[options]`` table of the
         experiment definition with the defaults filled in.
       default_options: allowed problem options and their defaults.

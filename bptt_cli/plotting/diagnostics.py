@@ -9,8 +9,9 @@ t = Nt) and ``log10_growth_physics`` / ``log10_growth_closed_loop`` (running sum
 The figure ``<experiment>_diagnostics.png/.pdf`` has one row per level, in the order of the
 experiment's main figure, and two panels per row for one trained controller (C if there is one,
 else R, else another flow; clip NORM, else VALUE, else NONE), at its first and last diagnosed
-epoch: (a) the gradient reaching each step under R and M, (b) the growth of a perturbation
-through the simulator alone and through the closed loop.
+epoch: (a) the gradient reaching each step under R and M, (b) the running product of the
+per-step largest singular values through the simulator alone and through the closed loop: an
+upper bound on how much a perturbation can grow since t = 0.
 """
 
 from __future__ import annotations
@@ -129,15 +130,15 @@ def plot_diagnostics(experiment: str, frame: pd.DataFrame, out_dir: Path) -> lis
                     growth_ax.fill_between(t, q25, q75, color=colour, alpha=0.18, lw=0)
         growth_ax.set_title(f"(b) Jacobian growth — {where}\n{controller}", fontsize=10)
         growth_ax.set_xlabel("time step t")
-        growth_ax.set_ylabel("log10 of the growth of a\nperturbation since t = 0")
+        growth_ax.set_ylabel("log10 of the largest possible\ngrowth of a perturbation since t = 0")
         growth_ax.grid(True, alpha=0.3)
         growth_ax.legend(handles=_legend(GROWTHS, styles, edge=False), fontsize=7, loc="best")
 
     band = f"median over {n_seeds} seeds, band = interquartile range" if n_seeds > 1 else "one seed"
     fig.suptitle(
         f"Gradient diagnostics ({experiment}): {band}\n"
-        "In (b), the simulator alone (physics) near 0 means its own Jacobians are balanced: "
-        "a perturbation neither grows nor shrinks along the horizon.",
+        "(b) multiplies each step's largest singular value: an upper bound on a perturbation's growth. "
+        "The simulator alone near 0 means its own Jacobians are balanced.",
         fontsize=10,
     )
     fig.tight_layout()

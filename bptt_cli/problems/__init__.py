@@ -128,6 +128,15 @@ def check(problem: ProblemDef, level: Any, options: Mapping[str, Any]) -> None:
 
     # A level that is not static reaches the task traced, as in training.
     traced = jax.ShapeDtypeStruct((), jnp.float32)
+    if not problem.level_is_static:
+        try:
+            jax.eval_shape(lambda level: problem.make_task(level, dict(options)).n_steps and 0, traced)
+        except Exception as err:
+            raise ProblemError(
+                f"{where}: make_task failed with a traced level ({_one_line(err)}); with "
+                "level_is_static=False the level is a traced number: compute with it, do not branch on "
+                "it or shape arrays by it"
+            ) from None
 
     def call(name, *args):
         def fn(level, *inner):
