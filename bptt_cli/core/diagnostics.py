@@ -68,8 +68,10 @@ def diagnose(task: Task, theta: PyTree, x0: Array, unroll: int = 1) -> dict[str,
         j_x = j_x.reshape(batch, size, size)
         # The closed loop from the same pieces: where dN/dx is exactly 0 it equals the physics.
         j_closed = j_x + j_u.reshape(batch, size, -1) @ j_n.reshape(batch, -1, size)
-        sv = jax.vmap(_largest_singular_value, in_axes=(0, None))
-        return jnp.median(sv(j_x, size)), jnp.median(sv(j_closed, size))
+        # ONE batched SVD for both: jaxlib's CPU SVD splits its batch over XLA's thread pool and
+        # blocks until done, so two SVD calls running at once on a 2-thread pool deadlock.
+        sv = jax.vmap(_largest_singular_value, in_axes=(0, None))(jnp.concatenate([j_x, j_closed]), size)
+        return jnp.median(sv[:batch]), jnp.median(sv[batch:])
 
     time_major = (jnp.swapaxes(xs[:, :-1], 0, 1), jnp.swapaxes(us, 0, 1))
     jac_physics, jac_closed_loop = lax.map(norms_at, time_major)

@@ -412,11 +412,17 @@ def build(program: Program, profile: devices.Profile, out: Path | None = None) -
     in_axes = (0, 0, data_axis)
     diag_fn = None
     if any(spec.diagnostics for spec in program.runs):
-        diag_fn = _jitted(
+        jitted = _jitted(
             "diagnostics",
             (*static, profile.unroll, n_diag),
             lambda: jax.jit(jax.vmap(diagnose, in_axes=in_axes)),
         )
+
+        def diag_fn(theta, hy, x_test):
+            # On ONE device, and finished before anything else runs: jaxlib's CPU SVD blocks
+            # XLA's thread pool (see diagnostics.py); five calls per run need no overlap.
+            return jax.block_until_ready(jitted(*jax.device_put((theta, hy, x_test), jax.devices()[0])))
+
     traj_fn = _jitted(
         "trajectories", (*static, n_traj), lambda: jax.jit(jax.vmap(trajectories, in_axes=in_axes))
     )
