@@ -152,13 +152,16 @@ def run(
         data_seed=data_seed,
     )
     share = _shard(shard)
+    from bptt_cli.core import plan
+
+    mine = plan.shard(specs, *share) if share else specs
     _check_out(out)
+    _check_locks(mine, out)
     _check_problem(specs)
     _print_plan(exp, scale, specs, out, share)
-    from bptt_cli.core import devices, plan, runner
+    from bptt_cli.core import devices, runner
 
     profile = devices.current(grouping.lower())
-    mine = plan.shard(specs, *share) if share else specs
     if dry_run:
         _print_programs(mine, out, profile)
         return
@@ -242,6 +245,17 @@ def _check_out(folder: Path, locks: bool = True) -> None:
             probe_locks(folder)
         except LockError as err:
             raise UserError(str(err)) from None
+
+
+def _check_locks(specs, out: Path) -> None:
+    """Refuse lock files that are unreadable or not ours before anything is printed or written."""
+    from bptt_cli.results import RunFiles, check_lock_file
+
+    try:
+        for spec in specs:
+            check_lock_file(RunFiles.of(out / spec.experiment, spec.run_id).lock)
+    except LockError as err:
+        raise UserError(str(err)) from None
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:

@@ -38,9 +38,13 @@ threshold = 1.9
 """
 
 
-def definition(tmp_path: Path, epochs=3, seeds=2, name="tiny") -> Path:
+def definition(tmp_path: Path, epochs=3, seeds=2, name="tiny", diagnostics=True) -> Path:
+    """The tiny grid; without ``diagnostics`` it skips their (slow) compilation."""
     path = tmp_path / f"{name}.toml"
-    path.write_text(TINY.format(epochs=epochs, seeds=seeds))
+    path.write_text(
+        TINY.format(epochs=epochs, seeds=seeds)
+        + ("" if diagnostics else "\n[diagnostics]\nenabled = false\n")
+    )
     return path
 
 
@@ -75,7 +79,7 @@ BAD = [
     (["cartpole", "--device", "tpu"], "unknown device 'tpu'"),
     (["cartpole", "--device", "gpu"], "jax sees no GPU"),  # the tests pin JAX_PLATFORMS=cpu
     (["cartpole", "--grouping", "sideways"], "unknown grouping 'sideways'; allowed: auto, narrow, wide"),
-    (["lqr", "--level", "-1"], "invalid a '-1'"),
+    (["lqr", "--level", "-1"], "a -1 is outside the grid; allowed: 1.0, 1.1, 1.2, 1.3"),
 ]
 
 
@@ -251,7 +255,7 @@ def test_interrupted_run_resumes_to_identical_results(how, tmp_path, jax_cache):
     seeds = 3 if two else 2
     devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"} if two else {}
     clips = ["--clip", "NORM"] if two else []
-    path = definition(tmp_path, epochs=epochs, seeds=seeds)
+    path = definition(tmp_path, epochs=epochs, seeds=seeds, diagnostics=how != "interrupt")
     reference = cli(
         "bptt-run", path, *clips, "--out", tmp_path / "ref", cache=jax_cache, cwd=tmp_path, **devices
     )
@@ -290,10 +294,20 @@ def test_interrupted_run_resumes_to_identical_results(how, tmp_path, jax_cache):
     resumed = cli("bptt-run", path, *clips, "--out", out, cache=jax_cache, cwd=tmp_path, **devices)
     assert resumed.returncode == 0, resumed.stderr
     pd.testing.assert_frame_equal(metrics(out / "tiny"), metrics(tmp_path / "ref" / "tiny"))
+    if how != "interrupt":  # the gradient diagnostics resume too: every row once, the same values
+        keys = ["run_id", "seed", "epoch", "t"]
+        resumed_diag, reference_diag = (
+            results.read_results(folder, kind="diagnostics").sort_values(keys).reset_index(drop=True)
+            for folder in (out, tmp_path / "ref")
+        )
+        assert not resumed_diag.duplicated(keys).any() and len(resumed_diag) == 4 * seeds * 3 * 101
+        pd.testing.assert_frame_equal(resumed_diag, reference_diag)
 
 
 def test_sharded_equals_unsharded(tmp_path, jax_cache):
-    path = definition(tmp_path, epochs=2, seeds=3)  # 3 seeds × 2 clips: padded to the device count
+    path = definition(
+        tmp_path, epochs=2, seeds=3, diagnostics=False
+    )  # 3 seeds × 2 clips: padded to 2 devices
     single = cli("bptt-run", path, "--out", tmp_path / "one", "--flow", "R", cache=jax_cache, cwd=tmp_path)
     assert single.returncode == 0, single.stderr
     two = cli(

@@ -20,4 +20,8 @@ def test_builtin_definitions_are_shipped():
     from bptt_cli import config
 
     shipped = {p.stem for p in (ROOT / "experiments").glob("*.toml")}
-    assert shipped == set(config.builtin_names()) == {"cartpole", "guidance", "quantum", "toy", "lqr", "pendulum"}
+    assert (
+        shipped
+        == set(config.builtin_names())
+        == {"cartpole", "guidance", "quantum", "toy", "lqr", "pendulum"}
+    )

@@ -26,6 +26,8 @@ optimizer = "adam"
 learning_rate = 1e-3
 clip_value = 1.0
 clip_norm = 1.0
+[diagnostics]
+enabled = false
 """
 
 

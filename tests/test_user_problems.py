@@ -123,7 +123,8 @@ def test_good_problem_passes_check_and_plans(tmp_path, monkeypatch, capsys):
     )
     assert code == 0, err
     out = capsys.readouterr().out + err
-    assert "spring [paper]: 4 run(s) × 3 seed(s); gain [0.5, 2.0]" in err  # [train] keys the file leaves out take the paper's defaults
+    # The [train] keys the file leaves out take the paper's defaults.
+    assert "spring [paper]: 4 run(s) × 3 seed(s); gain [0.5, 2.0]" in err
     assert "seeds 42..44" in err and "256" not in err  # n_data from the file, seeds from the defaults
     assert not (tmp_path / "out").exists(), out
 
@@ -132,4 +133,6 @@ def test_unknown_module_path(tmp_path, monkeypatch, capsys):
     (tmp_path / "x.toml").write_text(DEFINITION.format(ref="nobody.has.this_module"))
     code, err = bptt_run(monkeypatch, capsys, tmp_path / "x.toml", "--out", tmp_path / "out")
     assert code == 2 and err.count("\n") == 1
-    assert "unknown problem 'nobody.has.this_module'" in err and "an importable module path or a .py file" in err
+    assert (
+        "unknown problem 'nobody.has.this_module'" in err and "an importable module path or a .py file" in err
+    )
