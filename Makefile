@@ -39,6 +39,31 @@ test: install  ## the fast suite (what CI runs)
 test-all: install  ## including the tests marked slow
 	$(BIN)/python -m pytest -q -m ""
 
+# The lowest versions pyproject.toml allows, pinned by .ci/lowest.py from its `>=` bounds (CPU jax,
+# own venv): raising a bound there is the only edit. A fast subset that touches every dependency.
+LOWEST       := .venv-lowest
+LOWEST_TESTS := tests/test_flows.py tests/test_cartpole.py tests/test_optim.py tests/test_summary.py \
+                tests/test_toy.py tests/test_plotting_trajectories.py \
+                tests/test_train.py::test_nan_seed_is_flagged_and_isolated \
+                tests/test_train.py::test_clip_value_rows_share_the_program_and_differ \
+                tests/test_train.py::test_chunk_length_is_traced_not_recompiled \
+                tests/test_runner.py::test_numeric_levels_and_clips_share_one_program \
+                tests/test_quantum.py::test_step_gradients_in_float64 \
+                tests/test_cli.py::test_bad_input_is_one_line_exit_2_nothing_written \
+                tests/test_cli.py::test_list_and_help_do_not_need_jax
+
+$(LOWEST)/.installed: pyproject.toml .ci/lowest.py
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST)/bin/python .ci/lowest.py >$(LOWEST)/constraints.txt
+	$(LOWEST)/bin/python -m pip install --quiet -e ".[dev]" -c $(LOWEST)/constraints.txt
+	touch $@
+
+test-lowest: $(LOWEST)/.installed  ## a fast subset against the lowest supported versions (.venv-lowest)
+	$(LOWEST)/bin/python .ci/lowest.py --check
+	$(LOWEST)/bin/python -m pytest -q $(LOWEST_TESTS)
+
 reproduce: install  ## the whole paper: toy figures, three grids at paper scale, figures, summary
 	$(BIN)/bptt-run toy --out $(OUT)
 	for e in $(PAPER); do $(BIN)/bptt-run $$e --scale paper --seeds $(SEEDS) --out $(OUT) || exit $$?; done
@@ -69,4 +94,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST) build *.egg-info .pytest_cache .ruff_cache
