@@ -33,8 +33,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## the package and its test tools into .venv (CUDA jax with an NVIDIA driver)
 
-test: install  ## the fast suite (what CI runs)
-	$(BIN)/python -m pytest -q
+test: install  ## the fast suite (what CI runs), on two processes
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-all: install  ## including the tests marked slow
 	$(BIN)/python -m pytest -q -m ""

@@ -180,7 +180,7 @@ def write_trajectories(path: Path, xs: np.ndarray, us: np.ndarray, seeds, meta: 
 
 
 def read_trajectories(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    with np.load(path) as data:
+    with np.load(path, allow_pickle=False) as data:
         return data["xs"], data["us"], data["seeds"], json.loads(str(data["meta"]))
 
 

@@ -3,11 +3,20 @@ persistent compilation cache for the session, shared by the tests and the comman
 subprocesses they start (the same program is often compiled by several tests)."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-CACHE = Path(tempfile.mkdtemp(prefix="bptt-test-jax-cache-"))
+# The suite's programs are tiny and compiled once each: skipping LLVM's optimizations makes the
+# suite about a quarter faster. Values are compared only within the suite, under the same flags.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+# One cache for the session: pytest-xdist's workers inherit the controller's environment.
+OWN_CACHE = "BPTT_TEST_JAX_CACHE" not in os.environ
+os.environ.setdefault("BPTT_TEST_JAX_CACHE", tempfile.mkdtemp(prefix="bptt-test-jax-cache-"))
+CACHE = Path(os.environ["BPTT_TEST_JAX_CACHE"])
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -29,3 +38,9 @@ def x64():
 def jax_cache():
     """The session's persistent compilation cache (subprocesses get it through their env)."""
     return CACHE
+
+
+def pytest_sessionfinish(session):
+    """The process that made the cache removes it (the controller, under pytest-xdist)."""
+    if OWN_CACHE:
+        shutil.rmtree(CACHE, ignore_errors=True)

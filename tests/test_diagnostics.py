@@ -2,6 +2,7 @@
 files the runner writes."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,11 @@ from bptt_cli import config, problems, results
 from bptt_cli.core import devices, diagnostics, runner
 
 sg = jax.lax.stop_gradient
+
+
+def diagnose(task, theta, x0):
+    """``diagnostics.diagnose``, compiled as the runner compiles it."""
+    return jax.jit(lambda th, x: diagnostics.diagnose(task, th, x))(theta, x0)
 
 
 def short(task, n_steps):
@@ -44,7 +50,7 @@ def explicit_feedback(task, theta, x0, flow):
             us.append(u)
         return task.loss(jnp.stack(xs, 1), jnp.stack(us, 1))[0]
 
-    lam = jax.grad(loss_of)(jnp.zeros((task.n_steps + 1, *x0.shape), x0.dtype))
+    lam = jax.jit(jax.grad(loss_of))(jnp.zeros((task.n_steps + 1, *x0.shape), x0.dtype))
     return np.median(
         np.linalg.norm(np.asarray(lam).reshape(task.n_steps + 1, x0.shape[0], -1), axis=-1), axis=1
     )
@@ -52,22 +58,22 @@ def explicit_feedback(task, theta, x0, flow):
 
 def explicit_jacobians(task, theta, x0):
     """Largest singular values from ``jnp.linalg.svd`` of ``jax.jacobian``, state by state."""
+    size = x0[0].size
+
+    @jax.jit
+    def sigma(x):  # one state: the physics Jacobian at its control, and the closed loop's
+        u = task.controller(theta, x)
+        j_p = jax.jacobian(task.step, argnums=0)(x, u).reshape(size, size)
+        j_c = jax.jacobian(lambda s: task.step(s, task.controller(theta, s)))(x).reshape(size, size)
+        return jnp.linalg.svd(j_p, compute_uv=False)[0], jnp.linalg.svd(j_c, compute_uv=False)[0], u
+
     physics, closed = [], []
     x = x0
     for _ in range(task.n_steps):
-        per_physics, per_closed = [], []
-        us = []
-        for b in range(x.shape[0]):
-            u = task.controller(theta, x[b])
-            us.append(u)
-            size = x[b].size
-            j_p = jax.jacobian(task.step, argnums=0)(x[b], u).reshape(size, size)
-            j_c = jax.jacobian(lambda s: task.step(s, task.controller(theta, s)))(x[b]).reshape(size, size)
-            per_physics.append(jnp.linalg.svd(j_p, compute_uv=False)[0])
-            per_closed.append(jnp.linalg.svd(j_c, compute_uv=False)[0])
-        physics.append(np.median(per_physics))
-        closed.append(np.median(per_closed))
-        x = jax.vmap(task.step)(x, jnp.stack(us))
+        per_state = [sigma(x[b]) for b in range(x.shape[0])]
+        physics.append(np.median([p for p, _, _ in per_state]))
+        closed.append(np.median([c for _, c, _ in per_state]))
+        x = jax.vmap(task.step)(x, jnp.stack([u for _, _, u in per_state]))
     return np.asarray(physics), np.asarray(closed)
 
 
@@ -78,7 +84,7 @@ def test_feedback_and_jacobians_against_explicit_computations(name, x64):
     task = short(problem.make_task(level, dict(problem.default_options)), 5)
     x0 = task.sample_data(jax.random.key(1), 2)[1].astype(jnp.float64)
     theta = jax.tree.map(lambda w: w.astype(jnp.float64), random_theta(task, jax.random.key(2)))
-    got = diagnostics.diagnose(task, theta, x0)
+    got = diagnose(task, theta, x0)
     for flow in ("R", "M"):
         np.testing.assert_allclose(
             got[f"grad_norm_{flow}"], explicit_feedback(task, theta, x0, flow), rtol=1e-10
@@ -96,17 +102,21 @@ def test_regular_feedback_equals_finite_differences(x64):
     task = short(problem.make_task(1, dict(problem.default_options)), 8)
     x0 = task.sample_data(jax.random.key(3), 1)[1].astype(jnp.float64)
     theta = jax.tree.map(lambda w: w.astype(jnp.float64), random_theta(task, jax.random.key(4)))
-    lam_norm = diagnostics.diagnose(task, theta, x0)["grad_norm_R"]
+    lam_norm = diagnose(task, theta, x0)["grad_norm_R"]
     net, sim = jax.vmap(task.controller, (None, 0)), jax.vmap(task.step)
 
-    def loss_from(t, x):
+    @functools.partial(jax.jit, static_argnums=0)
+    def rest_of_rollout_loss(t, x):
         xs, us = [x], []
         for _ in range(t, task.n_steps):
             u = net(theta, x)
             x = sim(x, u)
             xs.append(x)
             us.append(u)
-        return float(task.loss(jnp.stack(xs, 1), jnp.stack(us, 1))[0])
+        return task.loss(jnp.stack(xs, 1), jnp.stack(us, 1))[0]
+
+    def loss_from(t, x):
+        return float(rest_of_rollout_loss(t, x))
 
     x = x0
     for t in range(task.n_steps):  # the FINAL loss depends on earlier states only through x_T
@@ -127,7 +137,7 @@ def test_zero_last_layer_makes_r_equal_m_at_epoch_0(name):
     level = {"cartpole": 3, "guidance": 0.01, "pendulum": 2}[name]
     task = short(problem.make_task(level, dict(problem.default_options)), 12)
     x0 = task.sample_data(jax.random.key(5), 4)[1]
-    got = diagnostics.diagnose(task, task.init_controller(jax.random.key(6)), x0)
+    got = diagnose(task, task.init_controller(jax.random.key(6)), x0)
     np.testing.assert_array_equal(got["grad_norm_R"], got["grad_norm_M"])
     np.testing.assert_array_equal(got["jac_closed_loop"], got["jac_physics"])
 
@@ -136,7 +146,7 @@ def test_quantum_physics_is_unitary():
     problem = problems.get("quantum")
     task = short(problem.make_task(jnp.float32(4), dict(problem.default_options)), 5)
     x0 = task.sample_data(jax.random.key(8), 3)[1]
-    got = diagnostics.diagnose(task, task.init_controller(jax.random.key(9)), x0)
+    got = diagnose(task, task.init_controller(jax.random.key(9)), x0)
     np.testing.assert_allclose(got["jac_physics"], 1.0, atol=5e-6)
     assert np.all(got["jac_closed_loop"] > 1.0 + 1e-4)  # the CNN's feedback is not unitary
 

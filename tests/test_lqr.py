@@ -114,7 +114,7 @@ def test_gradient_vanishes_at_optimum(a, test_states, x64):
     loss_of = jax.jit(lambda k: task_loss(a, k, x0))
     value, grad = jax.value_and_grad(loss_of)(jnp.asarray(k_star))
     assert float(value) == pytest.approx(l_star, rel=1e-10)
-    assert float(jnp.max(jnp.abs(grad))) < 1e-8 * l_star
+    assert float(jnp.max(jnp.abs(grad))) < 1e-7 * l_star  # float64 rounding over 50 steps: ~1e-9
     # A minimum, not a saddle: every nearby gain is worse, and so is K = 0.
     rng = np.random.default_rng(0)
     for delta in 1e-3 * rng.normal(size=(8, 1, 4)):

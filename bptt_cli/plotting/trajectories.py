@@ -13,8 +13,9 @@ and C (whichever exist; another flow when neither does), the clip NORM, else VAL
 the first seed and the first test state, and writes into the figure folder:
 
 - with a drawing that has ``frame``: ``<experiment>_trajectory.gif``, an animation with the
-  flows side by side (every step, or every k-th step so that there are at most 60 frames), and (unless the drawing also has ``trajectory``) a strip of frames across
-  time ``<experiment>_trajectory.png/.pdf``, one row per flow;
+  flows side by side (every step, or every k-th step so that there are at most 40 frames),
+  and (unless the drawing also has ``trajectory``) a strip of frames across time
+  ``<experiment>_trajectory.png/.pdf``, one row per flow;
 - with a drawing that has ``trajectory``: ``<experiment>_trajectory.png/.pdf``, flows side by side;
 - without a usable drawing: ``<experiment>_trajectory.png/.pdf`` with the state components and
   the control over time.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -50,7 +50,7 @@ FLOW_NAMES = {
     "S": "S (stopped)",
 }
 STRIP_FRAMES = 6
-MAX_GIF_FRAMES = 60
+MAX_GIF_FRAMES = 40
 GIF_FRAME_MS = 80
 GIF_LAST_FRAME_MS = 1200
 
@@ -97,19 +97,16 @@ class Panel:
 
 def read_trajectories(root: Path) -> list[Trajectories]:
     """Every readable ``*.trajectories.npz`` below ``root`` (the figure folder excluded)."""
-    from bptt_cli.results import FIGURES_DIR
+    from bptt_cli import results
 
     root = Path(root)
     found = []
     for path in sorted(root.rglob("*.trajectories.npz")):
-        if FIGURES_DIR in path.relative_to(root).parts or path.name.startswith("."):
+        if results.FIGURES_DIR in path.relative_to(root).parts or path.name.startswith("."):
             continue
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = data["meta"][()]
-                meta = json.loads(meta.decode() if isinstance(meta, bytes) else str(meta))
-                found.append(Trajectories(path, data["xs"], data["us"], data["seeds"], meta))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+            found.append(Trajectories(path, *results.read_trajectories(path)))
+        except (OSError, ValueError, KeyError) as error:  # JSONDecodeError is a ValueError
             _warn(f"skipping {path}: not a readable trajectories file ({error})")
     return found
 
