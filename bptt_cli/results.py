@@ -331,6 +331,7 @@ def read_results(root: Path, kind: str = "metrics") -> pd.DataFrame:
     """Every run CSV of a kind (``"metrics"`` or ``"diagnostics"``) below ``root`` in one long
     frame (empty frame when there is none). A CSV that cannot be parsed, or is not a run's, is
     skipped with a one-line warning on stderr."""
+    root = Path(root)
     metas = read_metas(root)
     frames = []
     for path in sorted(root.rglob("*.csv")):
@@ -356,7 +357,7 @@ def read_results(root: Path, kind: str = "metrics") -> pd.DataFrame:
 def read_metas(root: Path) -> dict[str, dict[str, Any]]:
     """Run id -> sidecar JSON for every run below ``root``."""
     metas = {}
-    for path in sorted(root.rglob("*.json")):
+    for path in sorted(Path(root).rglob("*.json")):
         try:
             meta = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError, OSError):
