@@ -226,7 +226,7 @@ def _select_device(device: str) -> None:
             jax.devices("gpu")
         except Exception:  # jax raises RuntimeError, or asserts when every backend is filtered out
             raise UserError(
-                "device 'gpu' requested but jax sees no GPU (install the CUDA build: make install-gpu); "
+                "device 'gpu' requested but jax sees no GPU (install the CUDA build: make install where nvidia-smi works, or pip install 'bptt-cli[gpu]'); "
                 "allowed here: auto, cpu"
             ) from None
 
