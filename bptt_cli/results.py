@@ -344,10 +344,10 @@ def read_results(root: Path, kind: str = "metrics") -> pd.DataFrame:
             done = metas.get(run_id, {}).get("epochs_done")
             frame = read_run_csv(path, done, dtype={"level": str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
-            _warn(f"skipping {path}: not a readable CSV ({' '.join(str(err).split())[:120]})")
+            warn(f"skipping {path}: not a readable CSV ({' '.join(str(err).split())[:120]})")
             continue
         if "run_id" not in frame.columns or "epoch" not in frame.columns:
-            _warn(f"skipping {path}: not a bptt-run result (no run_id/epoch columns)")
+            warn(f"skipping {path}: not a bptt-run result (no run_id/epoch columns)")
             continue
         if not frame.empty:
             frames.append(frame)
@@ -367,8 +367,9 @@ def read_metas(root: Path) -> dict[str, dict[str, Any]]:
     return metas
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+def warn(message: str) -> None:
+    """One line on stderr, ``warning: ...`` (line breaks in ``message`` become spaces)."""
+    print(f"warning: {' '.join(message.splitlines())}", file=sys.stderr)
 
 
 def _is_run_csv(path: Path, root: Path) -> bool:

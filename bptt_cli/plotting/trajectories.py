@@ -38,6 +38,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from bptt_cli import results
 from bptt_cli.plotting import save_figure
 from bptt_cli.plotting.curves import FLOW_ORDER, hardest_level, level_title
 
@@ -97,8 +98,6 @@ class Panel:
 
 def read_trajectories(root: Path) -> list[Trajectories]:
     """Every readable ``*.trajectories.npz`` below ``root`` (the figure folder excluded)."""
-    from bptt_cli import results
-
     root = Path(root)
     found = []
     for path in sorted(root.rglob("*.trajectories.npz")):
@@ -107,7 +106,7 @@ def read_trajectories(root: Path) -> list[Trajectories]:
         try:
             found.append(Trajectories(path, *results.read_trajectories(path)))
         except (OSError, ValueError, KeyError) as error:  # JSONDecodeError is a ValueError
-            _warn(f"skipping {path}: not a readable trajectories file ({error})")
+            results.warn(f"skipping {path}: not a readable trajectories file ({error})")
     return found
 
 
@@ -141,7 +140,7 @@ def load_drawing(reference: str | None) -> Any | None:
         if not (callable(getattr(drawing, "frame", None)) or callable(getattr(drawing, "trajectory", None))):
             raise TypeError("it has neither frame(ax, x, u) nor trajectory(ax, xs, us)")
     except Exception as error:  # a user's module may fail in any way; the figure still gets drawn
-        _warn(
+        results.warn(
             f"cannot use drawing {reference!r} ({type(error).__name__}: {error}); plotting the state over time"
         )
         return None
@@ -195,11 +194,6 @@ def _clip_rank(clip: Any) -> int:
     return CLIP_PREFERENCE.index(clip) if clip in CLIP_PREFERENCE else len(CLIP_PREFERENCE)
 
 
-def _warn(message: str) -> None:
-    one_line = " ".join(message.splitlines())
-    print(f"warning: {one_line}", file=sys.stderr)
-
-
 def _plot_experiment(experiment: str, runs: list[Trajectories], out_dir: Path) -> list[Path]:
     meta = runs[0].meta
     drawing = load_drawing(meta.get("drawing"))
@@ -219,7 +213,7 @@ def _plot_experiment(experiment: str, runs: list[Trajectories], out_dir: Path) -
         try:
             return _with_drawing(drawing, panels, heading, out_dir, stem)
         except Exception as error:  # a user's drawing may fail in any way
-            _warn(
+            results.warn(
                 f"drawing {meta.get('drawing')!r} failed ({type(error).__name__}: {error}); "
                 "plotting the state over time"
             )
@@ -228,8 +222,6 @@ def _plot_experiment(experiment: str, runs: list[Trajectories], out_dir: Path) -
 
 def _with_drawing(drawing, panels, heading: str, out_dir: Path, stem: str) -> list[Path]:
     """Render everything first, then write: a drawing that fails half-way leaves no files."""
-    from bptt_cli.results import write_atomic
-
     dt = getattr(drawing, "dt", None)
     gif = _animation(drawing, panels, heading, dt) if callable(getattr(drawing, "frame", None)) else None
     fig = None
@@ -248,7 +240,7 @@ def _with_drawing(drawing, panels, heading: str, out_dir: Path, stem: str) -> li
         if fig is not None:
             plt.close(fig)
     if gif is not None:
-        write_atomic(out_dir / f"{stem}.gif", gif)
+        results.write_atomic(out_dir / f"{stem}.gif", gif)
         written.insert(0, out_dir / f"{stem}.gif")
     return written
 
