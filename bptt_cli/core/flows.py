@@ -109,7 +109,8 @@ def rollout(
         flow = canonical_flow(flow)
         if flow == "C":
             raise ValueError("flow C combines two gradients; it has no single rollout (use value_and_grad)")
-        net_on, sim_on, every = flow not in ("M", "S"), flow != "S", truncation(flow)
+        static = gates(flow)  # as Python bools: the cuts are traced into this flow's own program
+        net_on, sim_on, every = bool(static.net), bool(static.sim), truncation(flow)
     net = jax.vmap(controller, in_axes=(None, 0))
     sim = jax.vmap(step)
 
