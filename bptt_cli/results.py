@@ -9,11 +9,13 @@ Layout under ``<out>/<experiment>/``, per run (one configuration, all its seeds)
 - ``<run_id>.trajectories.npz``: test trajectories of the trained controllers (written last);
 - ``<run_id>.lock``: present while a worker trains the run (held with ``flock``).
 
-A chunk of epochs is committed by appending its rows to the CSVs, then replacing the sidecar
-and then the checkpoint (an append is one ``write`` followed by ``fsync``; replacements go
-through a temporary file and ``os.replace``). The checkpoint, written last, is the truth: a run
-is complete when its checkpoint holds every epoch, and on resume CSV rows beyond it (a kill
-between the writes) are dropped and recomputed identically. Readers drop a torn last line and
+A chunk of epochs is committed by appending its rows to the CSVs, then replacing the
+checkpoint and then the sidecar (an append is one ``write`` followed by ``fsync``; replacements
+go through a temporary file and ``os.replace``). The checkpoint is the truth: a run is complete
+when its checkpoint holds every epoch, and on resume CSV rows beyond it (a kill between the
+writes) are dropped and recomputed identically. The sidecar, written after it, never states
+more epochs than the checkpoint holds (a kill between the two leaves it one commit behind, and
+the next worker brings it level), so every epoch a sidecar states can be resumed from. Readers drop a torn last line and
 the rows beyond the sidecar's ``epochs_done``, so a folder can be plotted while it is being
 written. When a run completes, its CSVs are rewritten once in (seed, epoch) order.
 """

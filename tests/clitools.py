@@ -1,8 +1,12 @@
 """Running the installed command-line tools in subprocesses, as a user would, on a tiny grid."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +50,44 @@ def start(tool: str, *args, cache: Path, cwd: Path, **env) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def progress(folder: Path) -> list[int]:
+    """Epochs done per run, as the sidecars under ``folder`` state them."""
+    return [json.loads(p.read_text())["epochs_done"] for p in sorted(folder.glob("*.json"))]
+
+
+def freeze_when(proc: subprocess.Popen, condition: Callable[[], bool], timeout: float = 300) -> None:
+    """Leave ``proc`` stopped (SIGSTOP) at the first moment ``condition()`` holds. The condition
+    is evaluated only while the process is stopped, so what it saw on disk is still true when the
+    caller signals the process: no race with the process's own progress, however fast or slow
+    the machine. Fails if the process exits first or the condition does not come in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.send_signal(signal.SIGSTOP)
+        _wait_stopped(proc)
+        if condition():
+            return
+        proc.send_signal(signal.SIGCONT)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"condition not reached in {timeout} s: {proc.communicate()}")
+
+
+def _wait_stopped(proc: subprocess.Popen) -> None:
+    """Until every thread of ``proc`` is stopped (a signal is delivered asynchronously)."""
+    tasks = Path(f"/proc/{proc.pid}/task")
+    while proc.poll() is None:
+        states = []
+        for task in tasks.glob("*/stat"):
+            try:
+                states.append(task.read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):
+                continue  # a thread that just ended
+        if states and all(state in "tTZX" for state in states):
+            return
+        time.sleep(0.001)
 
 
 TINY = """

@@ -1,6 +1,7 @@
-"""The runner in process: a death between the CSV and the checkpoint write, and programs shared
+"""The runner in process: a death between the CSV, checkpoint and sidecar writes, and programs shared
 by runs that differ only in numbers."""
 
+import itertools
 from pathlib import Path
 
 import pandas as pd
@@ -84,6 +85,48 @@ def test_death_between_csv_and_checkpoint_loses_nothing(specs, tmp_path, monkeyp
     again = runner.run(specs, tmp_path / "out")
     assert len(again.found_complete) == 4 and not again.trained
     assert stamps == {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("dies_at", ["part-way", "at the end"])
+def test_death_between_checkpoint_and_sidecar(dies_at, specs, tmp_path, monkeypatch):
+    """The sidecar never states an epoch the checkpoint lacks; one left behind by a kill is
+    brought level (resumed part-way, or found complete), and the histories still tile."""
+    import json
+
+    runner.run(specs, tmp_path / "ref")
+    monkeypatch.setenv("BPTT_CHUNK_EPOCHS", "1")
+    real_write = results.write_json
+    calls = {"n": 0}
+    dying_call = 4 + 6 if dies_at == "part-way" else 4 + 4 * 4  # 4 at the start, then per chunk
+
+    def dying_write(path, obj):
+        calls["n"] += 1
+        if calls["n"] == dying_call:
+            raise SystemExit("killed")
+        real_write(path, obj)
+
+    monkeypatch.setattr(results, "write_json", dying_write)
+    with pytest.raises(SystemExit):
+        runner.run(specs, tmp_path / "out")
+    monkeypatch.setattr(results, "write_json", real_write)
+
+    folder = tmp_path / "out" / "g"
+    behind = 0
+    for spec in specs:
+        files = results.RunFiles.of(folder, spec.run_id)
+        checkpoint = results.load_checkpoint(files.checkpoint)
+        meta = json.loads(files.meta.read_text()) if files.meta.exists() else {"epochs_done": 0}
+        assert checkpoint is not None and meta["epochs_done"] <= checkpoint[1]
+        behind += meta["epochs_done"] < checkpoint[1]
+    assert behind == 1
+    report = runner.run(specs, tmp_path / "out")
+    assert len(report.found_complete) == (4 if dies_at == "at the end" else 0)
+    pd.testing.assert_frame_equal(frame(folder), frame(tmp_path / "ref" / "g"))
+    for meta in map(json.loads, (p.read_text() for p in folder.glob("*.json"))):
+        assert meta["status"] == "complete" and meta["epochs_done"] == 4
+        spans = [(h["from_epoch"], h["to_epoch"]) for h in meta["history"]]
+        assert spans[0][0] == 0 and spans[-1][1] == 4
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans)), spans
 
 
 def test_threshold_is_not_identity(specs, tmp_path):

@@ -5,12 +5,11 @@ import itertools
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from clitools import cli, start
+from clitools import cli, freeze_when, progress, start
 
 from bptt_cli import cli as bptt_cli_module
 from bptt_cli import config, results
@@ -91,15 +90,8 @@ def test_three_workers_at_once_train_every_run_exactly_once(tmp_path, jax_cache)
 def test_a_killed_workers_run_is_taken_over(tmp_path, jax_cache):
     path, out = grid(tmp_path, epochs=40), tmp_path / "res"
     worker = start("bptt-run", path, "--out", out, cache=jax_cache, cwd=tmp_path, BPTT_CHUNK_EPOCHS="1")
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        progress = (
-            [m.get("epochs_done", 0) for m in sidecars(out / "w").values()] if (out / "w").exists() else []
-        )
-        if any(0 < done < 40 for done in progress):
-            break
-        assert worker.poll() is None, worker.communicate()
-        time.sleep(0.05)
+    # Killed while some run is part-way: its sidecar states epochs, so it must be resumable.
+    freeze_when(worker, lambda: any(0 < done < 40 for done in progress(out / "w")))
     worker.send_signal(signal.SIGKILL)
     worker.communicate(timeout=60)
     stale = list((out / "w").glob("*.lock"))

@@ -5,7 +5,7 @@ disk.
 A program advances in chunks of epochs. The next chunk is dispatched before the previous one's
 results are written, so the host's work (metrics to CSV rows, commits, the progress bar)
 overlaps the device's. Every chunk is committed per run (append the CSV rows, replace the
-sidecar, replace the checkpoint), so a kill loses at most the chunks in flight and a rerun
+checkpoint, replace the sidecar), so a kill loses at most the chunks in flight and a rerun
 resumes exactly where the checkpoints end. Each run is claimed with a lock file first, so that
 several workers can share one grid and one results folder.
 """
@@ -153,7 +153,7 @@ def run(
     waiting = {spec.run_id for spec, _ in work}
     for spec in specs:
         if spec.run_id not in waiting:
-            _refresh_threshold(results.RunFiles.of(out / spec.experiment, spec.run_id), spec)
+            _settle_finished(results.RunFiles.of(out / spec.experiment, spec.run_id), spec)
             report.found_complete.append(spec.run_id)
     if not work:
         return report
@@ -219,16 +219,30 @@ def _written_before(files: results.RunFiles, moment: float) -> bool:
     return not files.meta.exists() or files.meta.stat().st_mtime < moment
 
 
-def _refresh_threshold(files: results.RunFiles, spec: RunSpec) -> None:
+def _settle_finished(files: results.RunFiles, spec: RunSpec) -> None:
     """A finished run keeps its results; only the summary threshold it records follows the
-    definition (it is not part of the run id)."""
+    definition (it is not part of the run id), and a sidecar that a kill left one commit behind
+    its (complete) checkpoint is brought level with it."""
     try:
         meta = json.loads(files.meta.read_text())
     except (OSError, json.JSONDecodeError):
         return
-    if meta.get("config", {}).get("threshold") != spec.threshold:
-        meta["config"]["threshold"] = spec.threshold
-        results.write_json(files.meta, meta)
+    updated = dict(meta, config={**meta.get("config", {}), "threshold": spec.threshold})
+    if meta.get("epochs_done", 0) < spec.epochs:
+        updated.update(
+            status="complete",
+            epochs_done=spec.epochs,
+            history=_history_until(meta.get("history", []), spec.epochs),
+        )
+    if updated != meta:
+        results.write_json(files.meta, updated)
+
+
+def _history_until(history: list[dict], epoch: int) -> list[dict]:
+    """The sidecar's history cut at ``epoch`` (where the checkpoint stands): entries that start
+    before it, the last one ending there (a sidecar can lag its checkpoint by one commit)."""
+    kept = [h for h in history if h.get("from_epoch", 0) < epoch]
+    return [*kept[:-1], {**kept[-1], "to_epoch": epoch}] if kept else []
 
 
 @contextmanager
@@ -552,7 +566,7 @@ def _restore(state, rows: _Rows, out: Path):
 
 
 class _Writer:
-    """Commits a program's chunks run by run: append rows, replace sidecar, replace checkpoint."""
+    """Commits a program's chunks run by run: append rows, replace checkpoint, replace sidecar."""
 
     def __init__(self, program, rows, session, locks, compile_seconds, n_steps, optima) -> None:
         self.program, self.rows, self.session, self.locks = program, rows, session, locks
@@ -566,7 +580,9 @@ class _Writer:
             self._prepare(spec)
 
     def _prepare(self, spec: RunSpec) -> None:
-        """Fresh run: no files. Resumed run: cut its CSVs back to the checkpoint, once."""
+        """Fresh run: no files. Resumed run: cut its CSVs back to the checkpoint, once. Either
+        way the sidecar names this worker before any checkpoint is written, so that every
+        checkpoint has a history that says who trained it."""
         files = results.RunFiles.of(self.folder, spec.run_id)
         start = self.program.start_epoch
         previous = {}
@@ -575,13 +591,14 @@ class _Writer:
                 previous = json.loads(files.meta.read_text())
             except (OSError, json.JSONDecodeError):
                 previous = {}
-        self.history[spec.run_id] = [h for h in previous.get("history", []) if h.get("to_epoch", 0) <= start]
+        self.history[spec.run_id] = _history_until(previous.get("history", []), start)
         for path in (files.csv, files.diagnostics):
             kept = results.load_rows(path, start) if start > 0 else None
             if kept is None or kept.empty:
                 path.unlink(missing_ok=True)
             else:
                 results.write_csv(path, kept)
+        results.write_json(files.meta, self._meta(spec, start))
 
     def commit(self, chunk: _Chunk, fetched, fetched_extra, seconds: float) -> None:
         metrics, diverged, leaves, diag, trajectories = fetched
@@ -602,8 +619,9 @@ class _Writer:
             complete = end >= spec.epochs
             if complete:
                 self._finish(spec, files, trajectories, rows_of)
-            results.write_json(files.meta, self._meta(spec, end))
+            # The checkpoint before the sidecar: whatever epochs a sidecar states are resumable.
             results.save_checkpoint(files.checkpoint, [leaf[rows_of] for leaf in leaves], end)
+            results.write_json(files.meta, self._meta(spec, end))
             if complete and spec.run_id in self.locks:
                 self.locks.pop(spec.run_id).release(done=True)
         self.done = end
