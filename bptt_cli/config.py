@@ -7,11 +7,9 @@ names the bad value and what is allowed.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import math
-import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -19,54 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from bptt_cli import problems
+from bptt_cli.core.flow_names import canonical_flow
+from bptt_cli.core.optim import OPTIMIZERS, Clip
 
 BUILTIN_PACKAGE = "bptt_cli.experiments"
-
-
-class Flow(enum.StrEnum):
-    """The paper's four gradient flows (SPEC §2). Truncated BPTT is written ``"T<k>"``."""
-
-    R = "R"  # regular: full backpropagation through time
-    M = "M"  # modified: feedback only along the physics path
-    S = "S"  # stopped: no feedback through time
-    C = "C"  # combined: M's update where its sign agrees with R's
-
-
-class Clip(enum.StrEnum):
-    """Applied to the update handed to the optimizer, after C's combination (SPEC §3)."""
-
-    NONE = "NONE"
-    VALUE = "VALUE"  # every entry clipped to [-clip_value, clip_value]
-    NORM = "NORM"  # the whole update rescaled to global L2 norm <= clip_norm
-
-
-# Keras defaults, as released (the optax chains live in core/optim.py).
-OPTIMIZER_NAMES = (
-    "adam",
-    "sgd",
-    "momentum-0.8",
-    "momentum-0.9",
-    "momentum-0.95",
-    "adagrad",
-    "adadelta",
-    "rmsprop",
-)
-
-_TRUNCATED = re.compile(r"T([1-9][0-9]*)")
-
-
-def canonical_flow(flow: str | Flow) -> str:
-    """Upper-case flow name, validated. Raises ValueError for anything else."""
-    name = (flow.value if isinstance(flow, Flow) else str(flow)).strip().upper()
-    if name in Flow.__members__ or _TRUNCATED.fullmatch(name):
-        return name
-    raise ValueError(f"unknown flow {flow!r}; allowed: R, M, S, C, or T<k> with k >= 1 (truncated BPTT)")
-
-
-def truncation(flow: str) -> int | None:
-    """``k`` for a truncated flow ``"T<k>"``, else None."""
-    match = _TRUNCATED.fullmatch(flow)
-    return int(match.group(1)) if match else None
 
 
 # Keys of the [train] and [grid] tables, with the type their values must have.
@@ -288,8 +242,8 @@ def resolve(
             f"allowed: a divisor of {train['n_data']}"
         )
     optimizer = train["optimizer"].lower()
-    if optimizer not in OPTIMIZER_NAMES:
-        raise UserError(f"unknown optimizer {train['optimizer']!r}; allowed: {', '.join(OPTIMIZER_NAMES)}")
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {train['optimizer']!r}; allowed: {', '.join(OPTIMIZERS)}")
 
     flows = [_flow(f) for f in _as_list(values.get("flows", ["R", "M", "C", "S"]), "flows")]
     clips = [_clip(c) for c in _as_list(values.get("clips", ["NORM"]), "clips")]

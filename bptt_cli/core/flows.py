@@ -18,18 +18,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bptt_cli.config import Flow, canonical_flow, truncation
+from bptt_cli.core.flow_names import FLOW_ORDER, Flow, canonical_flow, flow_rank, truncation
 
 PyTree = Any
 Array = jax.Array
 canonical = canonical_flow  # re-exported: flows.canonical("m") == "M"
 __all__ = [
+    "FLOW_ORDER",
     "Flow",
     "Gates",
     "canonical",
     "combine",
     "cosine",
     "flow_gradients",
+    "flow_rank",
     "gates",
     "rollout",
     "value_and_grad",

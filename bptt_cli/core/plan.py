@@ -13,11 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bptt_cli.config import Flow, RunSpec
+from bptt_cli.config import RunSpec
 from bptt_cli.core.devices import Profile
+from bptt_cli.core.flow_names import flow_rank
 from bptt_cli.core.task import ProblemDef
-
-FLOW_ORDER = {flow.value: i for i, flow in enumerate(Flow)}
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class Program:
 
     @property
     def flows(self) -> list[str]:
-        return sorted({s.flow for s in self.runs}, key=lambda f: (FLOW_ORDER.get(f, 9), f))
+        return sorted({s.flow for s in self.runs}, key=flow_rank)
 
     @property
     def levels(self) -> list:
@@ -133,8 +132,7 @@ def plan(
             first_seen[p.problem_ref],
             p.start_epoch,
             -1 if p.level is None else p.level,
-            FLOW_ORDER.get(p.flow, 9) if p.flow else -1,
-            p.flow or "",
+            flow_rank(p.flow) if p.flow else (-1, 0, ""),
         ),
     )
 
