@@ -8,7 +8,10 @@ Sections (compare ratios within one run: machines are noisy):
 4. the cost of the gradient diagnostics against a paper-scale run;
 5. the host's share of wall time in a real run of a paper-sized program (48 runs per commit);
 6. where a CPU's time goes for cart-pole: its matrix products against this CPU's peak;
-7. the paper grid's estimated wall time on this machine.
+7. the paper grid's estimated wall time on this machine;
+8. every core: steady seconds per epoch of real runs (the runner, results written) on one jax
+   CPU device and on one per usable core, for a many-row program per problem and for a grid of
+   four one-row programs (each case in a fresh process: the device count is fixed at start-up).
 The figures of sections 1-2 are stored for `bptt-run --dry-run` estimates.
 """
 
@@ -25,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bptt_cli import config, problems
-from bptt_cli.core import devices, estimate, plan, runner
+from bptt_cli import config, estimate, problems, runner
+from bptt_cli.core import devices, plan
 
 CPU_ROWS = (1, 8, 32)
 GPU_ROWS = (1, 8, 64, 512, 2048)
@@ -55,11 +58,10 @@ def program_for(problem: str, level, flows: list[str], rows: int, profile, n_dat
 def time_program(program, profile, epochs=TIMED_EPOCHS) -> tuple[float, float, runner.Built]:
     """(compile seconds, steady seconds per epoch, the built program)."""
     built = runner.build(program, profile)
-    args = (built.hypers, built.x_train, built.x_test)
-    state, metrics, _ = built.compiled(built.state, *args, jnp.int32(1))  # warm-up
+    state, metrics, _ = built.chunk(built.state, *built.inputs, jnp.int32(1))  # warm-up
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
-    state, metrics, _ = built.compiled(state, *args, jnp.int32(epochs))
+    state, metrics, _ = built.chunk(state, *built.inputs, jnp.int32(epochs))
     jax.block_until_ready(metrics)
     return built.compile_seconds, (time.perf_counter() - t0) / epochs, built
 
@@ -162,10 +164,10 @@ def section_diagnostics(profile, only) -> None:
         )
         compile_s, epoch_s, built = time_program(program, profile)
         t0 = time.perf_counter()
-        jax.block_until_ready(built.diagnose(built.state.theta, built.hypers, built.x_test))
+        jax.block_until_ready(built.diagnose(built.state.theta, *built.inputs))
         diag_compile = time.perf_counter() - t0
         t0 = time.perf_counter()
-        jax.block_until_ready(built.diagnose(built.state.theta, built.hypers, built.x_test))
+        jax.block_until_ready(built.diagnose(built.state.theta, *built.inputs))
         call = time.perf_counter() - t0
         run_s = compile_s + 1000 * epoch_s
         extra = (diag_compile - call + 5 * call) / run_s
@@ -188,10 +190,10 @@ def section_host(platform: str) -> None:
     (program,) = plan.plan([(s, 0) for s in specs], profile, problems.get)
     built = runner.build(program, profile)
     state = built.state
-    jax.block_until_ready(built.compiled(state, built.hypers, built.x_train, built.x_test, jnp.int32(2)))
+    jax.block_until_ready(built.chunk(state, *built.inputs, jnp.int32(2)))
     t0 = time.perf_counter()
     for _ in range(6):
-        state, metrics, _ = built.compiled(state, built.hypers, built.x_train, built.x_test, jnp.int32(2))
+        state, metrics, _ = built.chunk(state, *built.inputs, jnp.int32(2))
     jax.block_until_ready(metrics)
     pure = time.perf_counter() - t0
     print(
@@ -247,15 +249,72 @@ def section_grid(profile) -> None:
     )
 
 
+# name -> (problem, level, flows, clips, seeds, (short, long) epochs): steady seconds per epoch
+# are the wall-time difference of a short and a long run over their epoch difference, so that
+# start-up and compile times cancel.
+CORE_CASES = {
+    "cartpole R, 9 rows": ("cartpole", 2, ["R"], ["NORM", "NONE", "VALUE"], 3, (2, 8)),
+    "guidance C, 9 rows": ("guidance", 0.1, ["C"], ["NORM", "NONE", "VALUE"], 3, (2, 8)),
+    "quantum C, 9 rows": ("quantum", 4, ["C"], ["NORM", "NONE", "VALUE"], 3, (1, 3)),
+    "cartpole R/M/S/C, 4 x 1 row": ("cartpole", 2, ["R", "M", "S", "C"], ["NORM"], 1, (2, 8)),
+}
+
+
+def section_cores() -> None:
+    import subprocess
+    import sys
+
+    cores = devices.usable_cores()
+    header(f"8. every core: one jax CPU device against {cores} (one per usable core), real runs")
+    print(f"{'case':28s} {'1 device s/epoch':>16s} {f'{cores} devices':>12s} {'speed-up':>8s}")
+    for case in CORE_CASES:
+        seconds = []
+        for count in (1, cores):
+            env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(count), "JAX_PLATFORMS": "cpu"}
+            result = subprocess.run(
+                [sys.executable, __file__, "--steady", case],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            seconds.append(float(result.stdout.split()[-1]))
+        print(f"{case:28s} {seconds[0]:16.3f} {seconds[1]:12.3f} {seconds[0] / seconds[1]:7.2f}x", flush=True)
+
+
+def steady_epoch_seconds(case: str) -> float:
+    """Seconds per epoch of a real run of ``case`` on this process's devices (see CORE_CASES)."""
+    name, level, flows, clips, seeds, (short, long) = CORE_CASES[case]
+    walls = []
+    for epochs in (short, long):
+        specs = config.resolve(
+            config.load(name),
+            levels=[level],
+            flows=flows,
+            clips=clips,
+            seeds=seeds,
+            epochs=epochs,
+            diagnostics=False,
+        )
+        with tempfile.TemporaryDirectory() as out:
+            report = runner.run(specs, Path(out), profile=devices.profile("cpu"))
+        walls.append(report.wall_seconds - sum(set(report.compile_seconds.values())))
+    return (walls[1] - walls[0]) / (long - short)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=list(PROBLEMS), help="one problem only (sections 1, 2 and 4)")
-    parser.add_argument("--sections", default="1234567", help="which sections to run, e.g. 15")
+    parser.add_argument("--sections", default="12345678", help="which sections to run, e.g. 18")
     parser.add_argument("--max-rows", type=int, default=1 << 30, help="skip row counts above this")
     parser.add_argument(
         "--gpu-sections", action="store_true", help="run the GPU-only sections on any device (to check them)"
     )
+    parser.add_argument("--steady", choices=list(CORE_CASES), help=argparse.SUPPRESS)  # section 8's workers
     args = parser.parse_args()
+    if args.steady:
+        print(steady_epoch_seconds(args.steady))
+        return
     device = jax.devices()[0]
     gpu = device.platform != "cpu" or args.gpu_sections
     profile = devices.current()
@@ -280,6 +339,8 @@ def main() -> None:
         section_cpu_limit()
     if "7" in args.sections:
         section_grid(profile)
+    if "8" in args.sections and not gpu:
+        section_cores()
 
 
 if __name__ == "__main__":

@@ -1,20 +1,27 @@
 """bptt-cli: reproduce "Stabilizing Backpropagation Through Time to Learn Complex Physics".
 
-The public API, for your own simulators:
+The public API, in one place, for your own simulators and for using the flows as a library:
 
 - ``ProblemDef`` and ``Task``: the contract a problem module fulfils (``PROBLEM = ProblemDef(...)``);
   a definition file names such a module by module path or file, and ``bptt-run`` trains it.
+- ``check(problem, level, options)``: the contract checked abstractly (no FLOP spent), as
+  ``bptt-run`` checks it before training; raises ``ProblemError`` with a one-line message.
 - ``value_and_grad(flow, controller, step, loss, params, x0, n_steps)``: the loss and a gradient
   flow's update (R, M, S, C or T<k>) for any single-sample ``step`` and ``controller``.
 - ``combine(g_m, g_r)``: the C rule on any pytrees.
+- ``nn``: the small MLP layers the paper's controllers use (Keras-style initialisation).
 
-Importing ``bptt_cli`` does not import jax; the two functions load it on first use.
+Everything else is internal: ``core`` (flows, optimizers, training, the planner), ``runner``,
+``results``, ``config``, ``plotting`` and ``cli`` may change between releases.
+
+Importing ``bptt_cli`` does not import jax; the functions and ``nn`` load it on first use.
 """
 
 from bptt_cli.core.task import ProblemDef, Task
+from bptt_cli.problems import ProblemError, check
 
-__version__ = "0.2.0"
-__all__ = ["ProblemDef", "Task", "combine", "value_and_grad"]
+__version__ = "0.3.0"
+__all__ = ["ProblemDef", "ProblemError", "Task", "check", "combine", "nn", "value_and_grad"]
 
 
 def __getattr__(name: str):
@@ -22,4 +29,8 @@ def __getattr__(name: str):
         from bptt_cli.core import flows
 
         return getattr(flows, name)
+    if name == "nn":
+        import importlib
+
+        return importlib.import_module("bptt_cli.nn")
     raise AttributeError(f"module 'bptt_cli' has no attribute {name!r}")

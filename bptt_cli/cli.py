@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 
 from bptt_cli import config
 from bptt_cli.config import UserError
@@ -85,6 +88,15 @@ def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("results"),
     force: Annotated[bool, typer.Option("--force", help="Recompute runs that are already complete.")] = False,
     device: Annotated[str, typer.Option(help="auto (GPU when jax sees one), cpu or gpu.")] = "auto",
+    devices_count: Annotated[
+        int | None,
+        typer.Option(
+            "--devices",
+            metavar="N",
+            help="jax CPU devices to spread programs and rows over [default: one per core this "
+            "process may use, unless JAX_NUM_CPU_DEVICES or XLA_FLAGS set a count].",
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -118,12 +130,13 @@ def run(
 ) -> None:
     if device.lower() not in DEVICES:
         raise UserError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    cpu_devices = _set_cpu_devices(devices_count)
     _select_device(device.lower())
     if list_:
         _print_list()
         return
     if info:
-        _print_info()
+        _print_info(cpu_devices)
         return
     if experiment is None:
         raise UserError(
@@ -158,8 +171,9 @@ def run(
     _check_out(out)
     _check_locks(mine, out)
     _check_problem(specs)
-    _print_plan(exp, scale, specs, out, share)
-    from bptt_cli.core import devices, runner
+    _print_plan(exp, scale, specs, out, share, cpu_devices)
+    from bptt_cli import runner
+    from bptt_cli.core import devices
 
     profile = devices.current(grouping.lower())
     if dry_run:
@@ -167,7 +181,8 @@ def run(
         return
 
     try:
-        report = runner.run(mine, out, force=force, console=err_console, profile=profile)
+        with _progress_bar() as progress:
+            report = runner.run(mine, out, force=force, profile=profile, progress=progress)
     except LockError as err:
         raise UserError(str(err)) from None
     if report.interrupted:
@@ -212,6 +227,20 @@ def plot(
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def _set_cpu_devices(requested: int | None) -> tuple[int, str]:
+    """Give jax one CPU device per usable core (or the count asked for), before it is imported:
+    jax reads ``JAX_NUM_CPU_DEVICES`` when it starts. Returns the count and why."""
+    from bptt_cli.core import devices
+
+    try:
+        count, why, ours = devices.cpu_devices(os.environ, devices.usable_cores(), requested)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if ours:
+        os.environ["JAX_NUM_CPU_DEVICES"] = str(count)
+    return count, why
 
 
 def _select_device(device: str) -> None:
@@ -292,19 +321,26 @@ def _print_list() -> None:
         out_console.print(f"{name:10s} {exp.description}  [scales: {scales}]", markup=False)
 
 
-def _print_info() -> None:
+def _print_info(cpu_devices: tuple[int, str]) -> None:
     import jax
 
+    from bptt_cli.core import devices
     from bptt_cli.results import versions
 
     for name, version in versions().items():
         out_console.print(f"{name:10s} {version}")
     out_console.print(f"{'backend':10s} {jax.default_backend()}")
+    out_console.print(
+        f"{'cores':10s} {devices.usable_cores()} usable by this process; "
+        f"{cpu_devices[0]} CPU device(s): {cpu_devices[1]}"
+    )
     for d in jax.devices():
         out_console.print(f"{'device':10s} {d.id}: {d.device_kind} ({d.platform})")
 
 
-def _print_plan(exp, scale: str, specs, out: Path, share) -> None:
+def _print_plan(exp, scale: str, specs, out: Path, share, cpu_devices: tuple[int, str]) -> None:
+    import jax
+
     first = specs[0]
     levels = sorted({s.level for s in specs})
     mine = f"; this worker's share: {share[0]}/{share[1]}" if share else ""
@@ -315,6 +351,21 @@ def _print_plan(exp, scale: str, specs, out: Path, share) -> None:
         f"data seed {first.data_seed}, seeds {first.seeds[0]}..{first.seeds[-1]}{mine} → {out / exp.name}",
         markup=False,
     )
+    err_console.print(
+        _devices_line(jax.devices(), cpu_devices, sum(len(s.seeds) for s in specs)), markup=False
+    )
+
+
+def _devices_line(devices: list, cpu_devices: tuple[int, str], rows: int) -> str:
+    """Where the runs train, and why on that many devices."""
+    kind = devices[0].platform
+    if kind == "cpu":
+        line = f"on {len(devices)} CPU device(s): {cpu_devices[1]}"
+    else:
+        line = f"on {len(devices)} {kind.upper()} device(s) ({devices[0].device_kind})"
+    if len(devices) > rows:
+        line += f"; only {rows} can be used: the grid has {rows} row(s) (runs × seeds)"
+    return line
 
 
 def _in_order(items) -> str:
@@ -325,8 +376,8 @@ def _print_programs(specs, out: Path, profile) -> None:
     """The programs this worker would run, and an estimate when this machine has bench figures."""
     import jax
 
-    from bptt_cli import problems
-    from bptt_cli.core import estimate, plan, runner
+    from bptt_cli import estimate, problems, runner
+    from bptt_cli.core import plan
 
     work = runner.pending_work(specs, out)
     done = len(specs) - len(work)
@@ -357,6 +408,49 @@ def _print_programs(specs, out: Path, profile) -> None:
         out_console.print(
             f"estimated wall time: {estimate.fmt(total)} (from make bench on this machine)", markup=False
         )
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable]:
+    """A Rich bar over run-epochs, fed by the runner's progress callback; when stderr is not a
+    terminal (CI logs, files) no bar, only the lines the runner says are worth printing."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("run-epochs · runs {task.fields[runs]} · test loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as bar:
+        task = None
+
+        def show(update) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task("starting", total=update.total, runs="", loss="")
+            loss = "" if update.test_loss is None else f"{update.test_loss:.4g}"
+            fields = {"loss": loss} if loss else {}
+            bar.update(
+                task,
+                completed=update.done,
+                description=update.status or "training",
+                runs=f"{update.runs_done}/{update.runs_total}",
+                **fields,
+            )
+            if update.line:
+                bar.console.print(update.line, markup=False)
+
+        yield show
 
 
 def _run_toy(exp, out: Path, force: bool) -> None:

@@ -7,11 +7,9 @@ names the bad value and what is allowed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 from bptt_cli import problems
 from bptt_cli.core.flow_names import canonical_flow
 from bptt_cli.core.optim import OPTIMIZERS, Clip
+from bptt_cli.core.spec import RunSpec
 
 BUILTIN_PACKAGE = "bptt_cli.experiments"
 
@@ -53,54 +52,10 @@ GRID_KEYS = ("levels", "flows", "clips")
 TOP_KEYS = {"problem", "description", "grid", "train", "options", "summary", "scales", "diagnostics"}
 DIAGNOSTICS_KEYS = ("enabled", "epochs")
 DIAGNOSED_EPOCHS = (0, 1, 10, 100, 1000)  # SPEC §14: those within the run
-# RunSpec fields that do not change what is computed, so they stay out of the run id.
-NOT_IDENTITY = ("threshold", "problem_ref", "diagnostics")
 
 
 class UserError(Exception):
     """Bad input: the CLI prints the message on one line and exits with code 2."""
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One configuration trained for every seed in ``seeds`` (SPEC §4, §9)."""
-
-    experiment: str
-    problem: str
-    level_key: str
-    level: int | float
-    flow: str
-    clip: str
-    epochs: int
-    seeds: tuple[int, ...]
-    data_seed: int
-    n_data: int
-    batch_size: int
-    optimizer: str
-    learning_rate: float
-    clip_value: float
-    clip_norm: float
-    options: tuple[tuple[str, Any], ...] = ()
-    threshold: float | None = None
-    problem_ref: str = ""  # how to load the problem: a built-in name, module path or absolute file
-    diagnostics: tuple[int, ...] = ()  # epochs whose gradient diagnostics are recorded (SPEC §14)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["seeds"] = list(self.seeds)
-        d["options"] = dict(self.options)
-        d["diagnostics"] = list(self.diagnostics)
-        return d
-
-    @property
-    def run_id(self) -> str:
-        """Readable prefix plus a hash of the configuration: equal ids, equal runs. The summary
-        threshold, where the problem is loaded from and which epochs are diagnosed do not
-        change the results and stay out of the hash."""
-        identity = {k: v for k, v in self.as_dict().items() if k not in NOT_IDENTITY}
-        payload = json.dumps(identity, sort_keys=True, default=str)
-        digest = hashlib.sha1(payload.encode()).hexdigest()[:10]
-        return f"{self.problem}-{self.level_key}{self.level}-{self.flow}-{self.clip}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -118,6 +73,11 @@ class Experiment:
     scales: dict[str, dict[str, Any]] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     problem_ref: str = ""  # the problem as the runner loads it (files made absolute)
+
+    @property
+    def problem_source(self) -> str:
+        """Where the problem is loaded from: ``problem_ref``, else the built-in name."""
+        return self.problem_ref or self.problem
 
 
 # --- finding and reading definitions ----------------------------------------------------
@@ -289,7 +249,7 @@ def resolve(
             clip_norm=train["clip_norm"],
             options=tuple(sorted(options.items())),
             threshold=None if threshold is None else float(threshold),
-            problem_ref=exp.problem_ref or exp.problem,
+            problem_ref=exp.problem_source,
             diagnostics=diagnosed,
         )
         for level in _unique(levels)
@@ -358,7 +318,7 @@ def _level(value: Any, problem, grid: list | None) -> int | float:
 
 def _problem(exp: Experiment):
     try:
-        return problems.get(exp.problem_ref or exp.problem)
+        return problems.get(exp.problem_source)
     except problems.ProblemError as err:
         raise UserError(str(err)) from None
 

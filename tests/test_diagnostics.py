@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bptt_cli import config, problems, results
-from bptt_cli.core import devices, diagnostics, runner
+from bptt_cli import config, problems, results, runner
+from bptt_cli.core import devices, diagnostics
 
 sg = jax.lax.stop_gradient
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bptt_cli import config, problems, results
-from bptt_cli.core import devices, flows, plan, runner
+from bptt_cli import config, problems, results, runner
+from bptt_cli.core import devices, flows, plan
 
 GRID = """
 problem = "cartpole"
@@ -92,7 +92,7 @@ def test_plan_groups_by_device_layout(specs):
     work = [(s, 0) for s in specs]
     assert len(plan.plan(work, NARROW, problems.get)) == 4
     (program,) = plan.plan(work, WIDE, problems.get)
-    assert program.padded and program.level == 2 and program.flow is None and program.pair
+    assert program.levels_padded and program.level == 2 and program.flow is None and program.pair
     assert program.flows == ["C", "T3"] and program.rows == 16
     # A resumed run restarts at another epoch: it cannot share the program of fresh runs.
     resumed = [(s, 2 if s.flow == "T3" else 0) for s in specs]
@@ -206,17 +206,17 @@ def test_resumed_runs_keep_their_place_when_regrouped(specs, narrow, tmp_path, m
     of their own and everything equals the narrow reference."""
     m_runs = [s for s in specs if s.flow == "T3" and s.level == 1]
     monkeypatch.setenv("BPTT_CHUNK_EPOCHS", "1")
-    real_commit = runner._Writer.commit
+    real_commit = results.ProgramWriter.commit
 
     def stop_after_two(self, chunk, *rest):
         real_commit(self, chunk, *rest)
         if chunk.start + chunk.n >= 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner._Writer, "commit", stop_after_two)
+    monkeypatch.setattr(results.ProgramWriter, "commit", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         runner.run(m_runs, tmp_path, profile=NARROW)
-    monkeypatch.setattr(runner._Writer, "commit", real_commit)
+    monkeypatch.setattr(results.ProgramWriter, "commit", real_commit)
     report = runner.run(specs, tmp_path, profile=WIDE)
     assert len(report.programs) == 2 and len(report.resumed) == 2
     resumed = table(tmp_path)

@@ -7,8 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bptt_cli import config, results
-from bptt_cli.core import runner
+from bptt_cli import config, results, runner
 
 TINY = """
 problem = "guidance"
@@ -45,10 +44,10 @@ def frame(folder: Path) -> pd.DataFrame:
 
 
 def test_numeric_levels_and_clips_share_one_program(specs, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_PROGRAMS", {})
-    report = runner.run(specs, tmp_path / "a")
+    cache = runner.ProgramCache()
+    report = runner.run(specs, tmp_path / "a", cache=cache)
     assert len(report.trained) == 4
-    assert len([k for k in runner._PROGRAMS if k[0] == "chunk"]) == 1  # 2 rc × 2 clips × 2 seeds: one program
+    assert cache.count("chunk") == 1  # 2 rc × 2 clips × 2 seeds: one program
     assert len(set(report.compile_seconds.values())) == 1
     table = frame(tmp_path / "a" / "g")
     assert {"batch_physics_loss", "train_physics_loss", "test_physics_loss"} <= set(table.columns)
@@ -59,7 +58,7 @@ def test_death_between_csv_and_checkpoint_loses_nothing(specs, tmp_path, monkeyp
     runner.run(specs, tmp_path / "ref")
 
     monkeypatch.setenv("BPTT_CHUNK_EPOCHS", "1")
-    real_save = results.save_checkpoint
+    real_save = results.files.save_checkpoint
     calls = {"n": 0}
 
     def dying_save(path, leaves, epochs_done):
@@ -68,10 +67,10 @@ def test_death_between_csv_and_checkpoint_loses_nothing(specs, tmp_path, monkeyp
             raise SystemExit("killed")
         real_save(path, leaves, epochs_done)
 
-    monkeypatch.setattr(results, "save_checkpoint", dying_save)
+    monkeypatch.setattr(results.files, "save_checkpoint", dying_save)
     with pytest.raises(SystemExit):
         runner.run(specs, tmp_path / "out")
-    monkeypatch.setattr(results, "save_checkpoint", real_save)
+    monkeypatch.setattr(results.files, "save_checkpoint", real_save)
 
     folder = tmp_path / "out" / "g"
     ahead = [p for p in folder.glob("*.csv") if pd.read_csv(p)["epoch"].max() == 2]
@@ -95,7 +94,7 @@ def test_death_between_checkpoint_and_sidecar(dies_at, specs, tmp_path, monkeypa
 
     runner.run(specs, tmp_path / "ref")
     monkeypatch.setenv("BPTT_CHUNK_EPOCHS", "1")
-    real_write = results.write_json
+    real_write = results.files.write_json
     calls = {"n": 0}
     dying_call = 4 + 6 if dies_at == "part-way" else 4 + 4 * 4  # 4 at the start, then per chunk
 
@@ -105,10 +104,10 @@ def test_death_between_checkpoint_and_sidecar(dies_at, specs, tmp_path, monkeypa
             raise SystemExit("killed")
         real_write(path, obj)
 
-    monkeypatch.setattr(results, "write_json", dying_write)
+    monkeypatch.setattr(results.files, "write_json", dying_write)
     with pytest.raises(SystemExit):
         runner.run(specs, tmp_path / "out")
-    monkeypatch.setattr(results, "write_json", real_write)
+    monkeypatch.setattr(results.files, "write_json", real_write)
 
     folder = tmp_path / "out" / "g"
     behind = 0

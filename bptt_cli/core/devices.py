@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 GROUPINGS = ("auto", "narrow", "wide")
@@ -92,6 +94,49 @@ def profile(platform: str, grouping: str = "auto") -> Profile:
     if "BPTT_COMPILER_OPTIONS" in os.environ:
         base = replace(base, compiler_options=dict(json.loads(os.environ["BPTT_COMPILER_OPTIONS"])))
     return base
+
+
+_XLA_DEVICE_COUNT = re.compile(r"--xla_force_host_platform_device_count=(\S*)")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, which ``taskset``, cgroup cpusets and
+    SLURM's ``--cpus-per-task`` set (``os.cpu_count()`` where affinity is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_devices(env: Mapping[str, str], cores: int, requested: int | None = None) -> tuple[int, str, bool]:
+    """How many jax CPU devices a process should have: ``(count, why, set_by_us)``.
+
+    An explicit ``requested`` count wins; then a count the user gave jax (``JAX_NUM_CPU_DEVICES``,
+    or ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``); else one device per usable
+    core, so that programs and rows spread over every core (XLA gives a process one CPU device,
+    and this project's programs are too small for its intra-op threads to use a second core).
+    Raises ValueError for a count that is not a positive integer.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"invalid device count {requested}; allowed: a positive integer")
+        return requested, f"--devices {requested}", True
+    if "JAX_NUM_CPU_DEVICES" in env:
+        return _positive(env["JAX_NUM_CPU_DEVICES"], "JAX_NUM_CPU_DEVICES"), "JAX_NUM_CPU_DEVICES", False
+    match = _XLA_DEVICE_COUNT.search(env.get("XLA_FLAGS", ""))
+    if match:
+        return _positive(match.group(1), "the device count in XLA_FLAGS"), "XLA_FLAGS", False
+    return cores, f"one per usable core ({cores})", True
+
+
+def _positive(text: str, name: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"invalid {name} {text!r}; allowed: a positive integer")
+    return value
 
 
 def current(grouping: str = "auto") -> Profile:

@@ -1,4 +1,5 @@
-"""Which runs share a compiled program: one small pure function, apart from the loop that trains.
+"""The plan, decided without jax: which runs share a compiled program, how a program's rows
+are laid out, and in which chunks of epochs it advances.
 
 Everything that can be a row of the vmapped axis is a row: seeds, clip modes, learning rates
 and numeric levels always; on a GPU also flows (as per-row gates) and shape-changing levels
@@ -9,14 +10,19 @@ grid that ``--shard K/N`` takes.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bptt_cli.config import RunSpec
+import numpy as np
+
 from bptt_cli.core.devices import Profile
 from bptt_cli.core.flow_names import flow_rank
+from bptt_cli.core.spec import RunSpec
 from bptt_cli.core.task import ProblemDef
+
+MAX_CHUNK = 64  # epochs per compiled call at most (the metric buffers' length)
 
 
 @dataclass(frozen=True)
@@ -24,8 +30,8 @@ class Program:
     """Runs trained together by one compiled, vmapped program.
 
     Attributes:
-      level: the static level (one shape), the level every row is padded to (``padded``), or
-        None when the level is a traced number.
+      level: the static level (one shape), the level every row is padded to
+        (``levels_padded``), or None when the level is a traced number.
       flow: the flow shared by every row, or None when the flow is per-row data.
       pair: with per-row flows, some row is C (every row computes g_R and g_M).
       start_epoch: where every run of the program resumes (0 for fresh runs).
@@ -35,7 +41,7 @@ class Program:
     problem_ref: str
     options: tuple
     level: Any
-    padded: bool
+    levels_padded: bool
     flow: str | None
     pair: bool
     optimizer: str
@@ -66,7 +72,7 @@ class Program:
     def describe(self) -> str:
         first = self.runs[0]
         levels = ",".join(map(str, self.levels))
-        shape = f" (padded to {self.level})" if self.padded else ""
+        shape = f" (padded to {self.level})" if self.levels_padded else ""
         clips = "/".join(sorted({s.clip for s in self.runs}))
         resume = f", resumes at epoch {self.start_epoch}" if self.start_epoch else ""
         return (
@@ -83,12 +89,12 @@ def plan(
     first appearance in ``work``, flows R, M, C, S, T<k> within a problem)."""
     groups: dict[tuple, list[RunSpec]] = {}
     for spec, start in work:
-        problem = problem_of(spec.problem_ref or spec.problem)
+        problem = problem_of(spec.problem_source)
         padded = bool(problem.level_is_static and profile.pad_levels and problem.make_padded_task)
         level = spec.level if problem.level_is_static and not padded else None
         flow = None if profile.merge_flows else spec.flow
         key = (
-            spec.problem_ref or spec.problem,
+            spec.problem_source,
             spec.options,
             padded,
             level,
@@ -111,7 +117,7 @@ def plan(
                 problem_ref=ref,
                 options=options,
                 level=max(s.level for s in specs) if padded else level,
-                padded=padded,
+                levels_padded=padded,
                 flow=flow,
                 pair=flow is None and any(s.flow == "C" for s in specs),
                 optimizer=optimizer,
@@ -125,7 +131,7 @@ def plan(
         )
     first_seen = {}
     for i, (spec, _) in enumerate(work):
-        first_seen.setdefault(spec.problem_ref or spec.problem, i)
+        first_seen.setdefault(spec.problem_source, i)
     return sorted(
         programs,
         key=lambda p: (
@@ -135,6 +141,82 @@ def plan(
             flow_rank(p.flow) if p.flow else (-1, 0, ""),
         ),
     )
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """A program's vmapped axis: each run's seeds in turn, then filler rows (copies of the last
+    row, never committed) up to a multiple of the device count, so the axis shards evenly.
+
+    Attributes:
+      rows: ``(run, seed)`` per row, fillers included.
+      slices: run id -> the run's rows.
+    """
+
+    rows: tuple[tuple[RunSpec, int], ...]
+    slices: dict[str, slice]
+
+    @classmethod
+    def of(cls, program: Program, n_devices: int) -> RowLayout:
+        real = [(spec, seed) for spec in program.runs for seed in spec.seeds]
+        bounds = np.cumsum([0] + [len(spec.seeds) for spec in program.runs])
+        slices = {
+            spec.run_id: slice(int(lo), int(hi))
+            for spec, lo, hi in zip(program.runs, bounds[:-1], bounds[1:], strict=True)
+        }
+        return cls(tuple(real + [real[-1]] * (-len(real) % n_devices)), slices)
+
+    @property
+    def n_real(self) -> int:
+        """Rows that belong to a run (the fillers excluded)."""
+        return max(s.stop for s in self.slices.values())
+
+
+def chunk_stops(program: Program) -> list[int]:
+    """Epochs at which a chunk must end: the diagnosed epochs inside the program's span (the
+    diagnostics are taken there) and its last epoch."""
+    diagnosed = {e for spec in program.runs for e in spec.diagnostics}
+    return sorted({e for e in diagnosed if program.start_epoch < e < program.epochs} | {program.epochs})
+
+
+def next_chunk(done: int, wanted: int, stops: Sequence[int], cap: int = MAX_CHUNK) -> int:
+    """Epochs in the chunk after ``done``: ``wanted`` (the host's choice, for a steady commit
+    rate), at least 1, at most ``cap``, never past the next stop."""
+    stop = next(s for s in stops if s > done)
+    return max(1, min(wanted, cap, stop - done))
+
+
+@dataclass
+class Chunk:
+    """A chunk of epochs as fetched to the host (NumPy arrays), ready to commit.
+
+    Attributes:
+      start, n: the chunk trained epochs ``start + 1 ... start + n``.
+      metrics: name -> ``(rows, max_chunk)``, NaN past ``n``; ``diverged`` likewise (bool).
+      leaves: the training state's leaves after the chunk, each ``(rows, ...)``.
+      diagnostics: ``(epoch, name -> (rows, n_steps or n_steps + 1))`` taken in this chunk
+        (epoch 0's come with the first chunk).
+      trajectories: ``(xs, us)`` per row after the last epoch, else None.
+      seconds: wall seconds per epoch, measured between landings.
+    """
+
+    start: int
+    n: int
+    metrics: dict[str, Any]
+    diverged: Any
+    leaves: list
+    diagnostics: list[tuple[int, dict[str, Any]]]
+    trajectories: Any
+    seconds: float
+
+
+def device_groups(n_devices: int, n_programs: int) -> list[range]:
+    """Disjoint groups of device indices, one per program trained at the same time: as many
+    programs at once as there are devices (each program's rows sharded over its group), but
+    never more groups than programs, so that a lone program still uses every device."""
+    k = max(1, min(n_devices, n_programs))
+    bounds = [n_devices * i // k for i in range(k + 1)]
+    return [range(lo, hi) for lo, hi in itertools.pairwise(bounds)]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

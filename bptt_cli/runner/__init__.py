@@ -1,0 +1,295 @@
+"""Train a list of ``RunSpec``s: claim -> build -> execute -> commit.
+
+The runs still to train are grouped into programs (``core.plan``). Each program's runs are
+claimed with lock files (so that several workers can share one grid and one results folder),
+built for a group of devices (``build``), executed as a stream of chunks (``execute``) and
+every chunk is committed to the runs' files (``results``) as it lands, so a kill loses at
+most the chunks in flight and a rerun resumes exactly where the checkpoints end. With several
+devices, several programs train at once on disjoint groups of them; their chunks are handled
+in turn by this one thread while the devices work.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from bptt_cli import problems, results
+from bptt_cli.core import devices
+from bptt_cli.core.plan import MAX_CHUNK, Chunk, Program, device_groups, plan
+from bptt_cli.core.spec import RunSpec
+from bptt_cli.runner.build import Built, ProgramCache, build
+from bptt_cli.runner.execute import execute
+
+__all__ = ["Built", "ProgramCache", "Progress", "Report", "build", "execute", "pending_work", "run"]
+
+
+@dataclass
+class Report:
+    """What a call of ``run`` did."""
+
+    trained: list[str] = field(default_factory=list)
+    found_complete: list[str] = field(default_factory=list)
+    left_to_others: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    programs: list[str] = field(default_factory=list)
+    compile_seconds: dict[str, float] = field(default_factory=dict)
+    host_seconds: float = 0.0  # committing results, beside the compiled chunks
+    wall_seconds: float = 0.0
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What ``run`` tells its progress callback, after every change.
+
+    Attributes:
+      done, total: run-epochs accounted for (trained, or left to other workers) and to do.
+      runs_done, runs_total: runs trained to the end, and runs to train in this call.
+      status: what is happening (``"cartpole: compiling"``, ``"cartpole"``).
+      test_loss: the median test loss of the latest chunk, or None.
+      line: a line worth printing (a program finished), or None.
+    """
+
+    done: int
+    total: int
+    runs_done: int
+    runs_total: int
+    status: str
+    test_loss: float | None = None
+    line: str | None = None
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def pending_work(specs: list[RunSpec], out: Path, force: bool = False) -> list[tuple[RunSpec, int]]:
+    """The runs still to train with the epoch each resumes from (an unlocked look: workers
+    check again after claiming)."""
+    work = []
+    for spec in specs:
+        done = 0 if force else results.epochs_committed(spec, out)
+        if done < spec.epochs:
+            work.append((spec, done))
+    return work
+
+
+def run(
+    specs: list[RunSpec],
+    out: Path,
+    force: bool = False,
+    profile: devices.Profile | None = None,
+    progress: ProgressFn | None = None,
+    cache: ProgramCache | None = None,
+) -> Report:
+    """Train every run in ``specs`` under ``out`` that no other worker is training: skip finished
+    ones (unless ``force``), resume interrupted ones, leave locked ones to their workers."""
+    profile = profile or devices.current()
+    started = time.perf_counter()
+    report = Report()
+    for spec in specs:  # refuse foreign or unreadable lock files before anything is written
+        results.check_lock_file(results.RunFiles.of(out / spec.experiment, spec.run_id).lock)
+    work = pending_work(specs, out, force)
+    waiting = {spec.run_id for spec, _ in work}
+    for spec in specs:
+        if spec.run_id not in waiting:
+            results.settle_finished(spec, out)
+            report.found_complete.append(spec.run_id)
+    if work:
+        session = _Session(out, profile, report, cache or ProgramCache(), force, progress, work)
+        # Full float32 matrix products everywhere (a GPU would otherwise use TF32).
+        with _interrupt() as interrupt, jax.default_matmul_precision(profile.matmul_precision):
+            session.train(plan(work, profile, problems.get), interrupt)
+    report.wall_seconds = time.perf_counter() - started
+    return report
+
+
+@dataclass
+class _Job:
+    """A program being trained on its group of devices."""
+
+    built: Built
+    chunks: Iterator[Chunk]
+    writer: results.ProgramWriter
+    group: int
+    started: float
+    test_loss: float = float("nan")
+
+
+class _Session:
+    """One ``run`` call: claims, device groups, progress."""
+
+    def __init__(self, out, profile, report, cache, force, progress, work) -> None:
+        self.out, self.profile, self.report, self.cache, self.force = out, profile, report, cache, force
+        self.progress = progress
+        self.total = sum((spec.epochs - start) * len(spec.seeds) for spec, start in work)
+        self.runs_total = len(work)
+        self.done = 0
+        self.started = time.time()  # --force recomputes only results older than this
+        self.locks: dict[str, results.RunLock] = {}
+
+    def train(self, programs: list[Program], interrupt: _Interrupt) -> None:
+        """Claim and train ``programs``, as many at once as there are device groups; their
+        chunks are committed in turn as they land."""
+        every = jax.devices()
+        groups = [[every[i] for i in group] for group in device_groups(len(every), len(programs))]
+        queue = deque((program, False) for program in programs)  # (program, claimed)
+        active: list[_Job] = []
+        free = list(range(len(groups)))
+        try:
+            while active or (queue and not interrupt.requested):
+                while queue and free and not interrupt.requested:
+                    program, claimed = queue.popleft()
+                    if not claimed:
+                        queue.extendleft((part, True) for part in reversed(self._claim(program)))
+                    else:
+                        group = free.pop(0)
+                        active.append(self._start(program, group, groups[group], interrupt))
+                for job in list(active):
+                    chunk = next(job.chunks, None)
+                    if chunk is None:
+                        active.remove(job)
+                        free.append(job.group)
+                        self._finish(job)
+                    else:
+                        self._commit(job, chunk)
+            self.report.interrupted = interrupt.requested
+        finally:
+            for lock in self.locks.values():
+                lock.release(done=False)  # those of finished runs are released already
+
+    def _claim(self, program: Program) -> list[Program]:
+        """Claim the program's runs; the claimed ones grouped again by where each actually
+        resumes (another worker may have moved them on since we looked)."""
+        claimed = []
+        for spec in program.runs:
+            files = results.RunFiles.of(self.out / spec.experiment, spec.run_id)
+            lock = results.RunLock.claim(files.lock, spec.run_id)
+            if lock is None:
+                self.report.left_to_others.append(spec.run_id)
+                self.done += (spec.epochs - program.start_epoch) * len(spec.seeds)
+                self._tell(program.problem)
+                continue
+            if self.force and results.written_before(spec, self.out, self.started):
+                files.remove()
+            done = results.epochs_committed(spec, self.out)
+            if done >= spec.epochs:  # finished by another worker since we looked
+                self.report.found_complete.append(spec.run_id)
+                lock.release(done=True)
+                continue
+            self.locks[spec.run_id] = lock
+            if done > 0:
+                self.report.resumed.append(spec.run_id)
+            elif files.exist():
+                files.remove()  # started, but no epoch committed: nothing to keep
+            claimed.append((spec, done))
+        return plan(claimed, self.profile, problems.get)
+
+    def _start(self, program: Program, group: int, on: list, interrupt: _Interrupt) -> _Job:
+        """Build the program on its device group and open its runs' files."""
+        self.report.programs.append(program.describe())
+        self._tell(f"{program.problem}: compiling")
+        saved = results.saved_states(list(program.runs), self.out) if program.start_epoch else {}
+        built = build(program, self.profile, self.cache, saved, on=on)
+        self.report.compile_seconds.update({spec.run_id: built.compile_seconds for spec in program.runs})
+        record = results.ProgramRecord(
+            slices=built.layout.slices,
+            start_epoch=program.start_epoch,
+            n_steps=built.n_steps,
+            sidecar=self._sidecar(built),
+            optima=built.optima,
+            drawing=built.drawing,
+            state_shapes=built.state_shapes,
+        )
+        locks = {spec.run_id: self.locks[spec.run_id] for spec in program.runs}
+        writer = results.ProgramWriter(self.out, list(program.runs), record, locks)
+        chunks = execute(built, stop=lambda: interrupt.requested, cap=_chunk_cap())
+        return _Job(built, chunks, writer, group, time.time())
+
+    def _sidecar(self, built: Built) -> dict:
+        """What every run's sidecar records about the program and its devices."""
+        program = built.program
+        return {
+            "devices": [str(d) for d in built.devices],
+            "program": {
+                "rows": built.layout.n_real,
+                "runs": len(program.runs),
+                "flows": "per run" if program.flow is None else program.flow,
+                "padded_to": program.level if program.levels_padded else None,
+                "grouping": "wide" if self.profile.merge_flows else "narrow",
+                "unroll": self.profile.unroll,
+                "matmul_precision": self.profile.matmul_precision,
+            },
+            "compile_seconds": round(built.compile_seconds, 3),
+        }
+
+    def _commit(self, job: _Job, chunk: Chunk) -> None:
+        t0 = time.perf_counter()
+        job.writer.commit(chunk)
+        self.report.host_seconds += time.perf_counter() - t0
+        rows = job.built.layout.n_real
+        job.test_loss = float(np.nanmedian(chunk.metrics["test_loss"][:rows, chunk.n - 1]))
+        self.done += chunk.n * rows
+        self._tell(job.built.program.problem, job.test_loss)
+
+    def _finish(self, job: _Job) -> None:
+        program = job.built.program
+        if job.writer.epochs_done < program.epochs:  # stopped early: interrupted
+            return
+        self.report.trained.extend(spec.run_id for spec in program.runs)
+        self._tell(
+            program.problem,
+            job.test_loss,
+            f"{program.describe()}: trained in {time.time() - job.started:.0f} s "
+            f"(compile {job.built.compile_seconds:.1f} s), median final test loss {job.test_loss:.4g}",
+        )
+
+    def _tell(self, status: str, test_loss: float | None = None, line: str | None = None) -> None:
+        if self.progress is not None:
+            runs_done = len(self.report.trained)
+            self.progress(
+                Progress(self.done, self.total, runs_done, self.runs_total, status, test_loss, line)
+            )
+
+
+def _chunk_cap() -> int:
+    """``BPTT_CHUNK_EPOCHS`` caps the epochs per chunk (commit granularity; tests use 1)."""
+    try:
+        return max(1, min(MAX_CHUNK, int(os.environ.get("BPTT_CHUNK_EPOCHS", MAX_CHUNK))))
+    except ValueError:
+        return MAX_CHUNK
+
+
+class _Interrupt:
+    """First Ctrl-C: finish the chunks in flight, commit them, stop. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+@contextmanager
+def _interrupt() -> Iterator[_Interrupt]:
+    interrupt = _Interrupt()
+    try:
+        previous = signal.signal(signal.SIGINT, interrupt.handle)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread)
+        yield interrupt
+        return
+    try:
+        yield interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)

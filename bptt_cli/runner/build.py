@@ -1,0 +1,249 @@
+"""Building a program: its task and data, per-row numbers, shardings, and compiled functions.
+
+Compiled functions are kept in a :class:`ProgramCache` keyed by everything static about them,
+so that programs differing only in per-row numbers (or resumed at another epoch) reuse them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bptt_cli import problems
+from bptt_cli.core import devices, diagnostics, flows, train
+from bptt_cli.core.optim import clip_thresholds
+from bptt_cli.core.plan import MAX_CHUNK, Program, RowLayout
+from bptt_cli.core.spec import RunSpec
+from bptt_cli.core.task import ProblemDef
+
+N_TRAJECTORIES = 8  # test trajectories saved per seed at the end of a run
+
+
+@dataclass
+class ProgramCache:
+    """Jitted functions by kind and static setup: built once, reused by later programs."""
+
+    functions: dict[tuple, Any] = field(default_factory=dict)
+
+    def get(self, kind: str, key: tuple, make: Callable[[], Any]) -> Any:
+        if (kind, key) not in self.functions:
+            self.functions[(kind, key)] = make()
+        return self.functions[(kind, key)]
+
+    def count(self, kind: str) -> int:
+        return sum(1 for k, _ in self.functions if k == kind)
+
+
+@dataclass
+class Built:
+    """A program ready to run on its devices.
+
+    Attributes:
+      layout: the rows of the vmapped axis.
+      state: the training state of every row (resumed rows restored).
+      inputs: ``(hypers, x_train, x_test)``, what every chunk is called with besides the state.
+      chunk: the compiled ``(state, *inputs, n_epochs) -> (state, metrics, diverged)``.
+      diagnose: ``(theta, *inputs) -> name -> per-row arrays``, or None without diagnostics.
+      trajectories: ``(theta, *inputs) -> (xs, us)`` per row.
+      n_steps: the horizon; ``optima``: level -> best reachable loss (where the problem has one);
+      drawing: the problem's drawing reference; ``state_shapes``: level -> a state's own shape
+        where states are padded (else None).
+    """
+
+    program: Program
+    layout: RowLayout
+    devices: tuple
+    state: train.TrainState
+    inputs: tuple
+    chunk: Any
+    compile_seconds: float
+    diagnose: Any
+    trajectories: Any
+    n_steps: int
+    optima: dict[Any, float]
+    drawing: str | None
+    state_shapes: dict[Any, tuple[int, ...]] | None
+
+
+def build(
+    program: Program,
+    profile: devices.Profile,
+    cache: ProgramCache | None = None,
+    saved: dict[str, list[np.ndarray]] | None = None,
+    on: Sequence[jax.Device] | None = None,
+) -> Built:
+    """Compile ``program`` for the devices ``on`` (default: all), its rows sharded over them;
+    ``saved`` maps run ids to checkpointed state leaves to resume from."""
+    cache = cache if cache is not None else ProgramCache()
+    on = tuple(on or jax.devices())
+    problem = problems.get(program.problem_ref)
+    task_of, data, n_steps = _task_source(program, problem)
+    layout = RowLayout.of(program, len(on))
+    hypers = _hypers(layout.rows)
+    if program.levels_padded:
+        x_train, x_test = (jnp.stack([data[spec.level][i] for spec, _ in layout.rows]) for i in (0, 1))
+        data_axis = 0
+    else:
+        (x_train, x_test), data_axis = data, None
+    setup = train.Setup(program.flow, program.optimizer, program.batch_size, program.pair, profile.unroll)
+    static = (program.problem_ref, program.options, program.level, program.levels_padded, data_axis)
+
+    init = cache.get(
+        "init", (*static, setup), lambda: jax.jit(jax.vmap(partial(train.init_state, task_of, setup)))
+    )
+    state = _restore(init(hypers), layout, saved or {})
+    mesh = Mesh(np.array(on), ("runs",))
+    rows, replicated = NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec())
+    hypers, state = jax.device_put((hypers, state), rows)
+    x_train, x_test = jax.device_put((x_train, x_test), rows if data_axis == 0 else replicated)
+
+    chunk_fn = cache.get(
+        "chunk",
+        (*static, setup),
+        lambda: jax.jit(
+            jax.vmap(
+                partial(train.train_chunk, task_of, setup, MAX_CHUNK),
+                in_axes=(0, 0, data_axis, data_axis, None),
+            )
+        ),
+    )
+    t0 = time.perf_counter()
+    compiled = chunk_fn.lower(state, hypers, x_train, x_test, jnp.int32(1)).compile(
+        profile.compiler_options or None
+    )
+    compile_seconds = time.perf_counter() - t0
+
+    in_axes = (0, 0, data_axis, data_axis)
+    n_diag = min(diagnostics.N_STATES, program.n_data)
+
+    def diagnose(theta, hy, x_train, x_test):
+        return diagnostics.diagnose(task_of(hy.level), theta, x_test[:n_diag], profile.unroll)
+
+    diag_fn = None
+    if any(spec.diagnostics for spec in program.runs):
+        jitted = cache.get(
+            "diagnostics",
+            (*static, profile.unroll, n_diag),
+            lambda: jax.jit(jax.vmap(diagnose, in_axes=in_axes)),
+        )
+
+        def diag_fn(theta, *inputs):
+            # On ONE device, and finished before anything else is dispatched: jaxlib's CPU SVD
+            # blocks XLA's thread pool (see diagnostics.py); five calls per run need no overlap.
+            return jax.block_until_ready(jitted(*jax.device_put((theta, *inputs), on[0])))
+
+    n_traj = min(N_TRAJECTORIES, program.n_data)
+
+    def trajectories(theta, hy, x_train, x_test):
+        task = task_of(hy.level)
+        return flows.rollout("R", task.controller, task.step, theta, x_test[:n_traj], task.n_steps)
+
+    traj_fn = cache.get(
+        "trajectories", (*static, n_traj), lambda: jax.jit(jax.vmap(trajectories, in_axes=in_axes))
+    )
+    return Built(
+        program=program,
+        layout=layout,
+        devices=on,
+        state=state,
+        inputs=(hypers, x_train, x_test),
+        chunk=compiled,
+        compile_seconds=compile_seconds,
+        diagnose=diag_fn,
+        trajectories=traj_fn,
+        n_steps=n_steps,
+        optima=_optima(program, problem, data),
+        drawing=_drawing_ref(problem.drawing, program.problem_ref),
+        state_shapes=_state_shapes(program, problem) if program.levels_padded else None,
+    )
+
+
+def _task_source(program: Program, problem: ProblemDef):
+    """``task_of`` (a row's level -> Task, at trace time), per-level or shared data, n_steps."""
+    options = dict(program.options)
+    key = jax.random.key(program.data_seed)
+    if program.levels_padded:
+
+        def padded_task_of(level):
+            return problem.make_padded_task(level, program.level, options)
+
+        by_level = {level: padded_task_of(level).sample_data(key, program.n_data) for level in program.levels}
+        return padded_task_of, by_level, padded_task_of(program.level).n_steps
+    if problem.level_is_static:
+        task = problem.make_task(program.level, options)
+        return (lambda level: task), task.sample_data(key, program.n_data), task.n_steps
+    task = problem.make_task(program.levels[0], options)
+
+    def task_of(level):
+        return problem.make_task(level, options)
+
+    return task_of, task.sample_data(key, program.n_data), task.n_steps
+
+
+def _hypers(rows: Sequence[tuple[RunSpec, int]]) -> train.Hypers:
+    """The per-row numbers of a program: init key, learning rate, clip thresholds, level, flow."""
+    thresholds = [clip_thresholds(spec.clip, spec.clip_value, spec.clip_norm) for spec, _ in rows]
+    gates = [flows.gates(spec.flow) for spec, _ in rows]
+    return train.Hypers(
+        key=jax.vmap(jax.random.key)(jnp.asarray([seed for _, seed in rows])),
+        learning_rate=jnp.asarray([spec.learning_rate for spec, _ in rows], jnp.float32),
+        clip_value=jnp.asarray([value for value, _ in thresholds], jnp.float32),
+        clip_norm=jnp.asarray([norm for _, norm in thresholds], jnp.float32),
+        level=jnp.asarray([float(spec.level) for spec, _ in rows], jnp.float32),
+        gates=flows.Gates(*(jnp.asarray(np.stack(field)) for field in zip(*gates, strict=True))),
+    )
+
+
+def _restore(state, layout: RowLayout, saved: dict[str, list[np.ndarray]]):
+    """Overwrite the rows of resumed runs with their checkpoints (filler rows stay as they are)."""
+    saved = {run_id: leaves for run_id, leaves in saved.items() if run_id in layout.slices}
+    if not saved:
+        return state
+    leaves, treedef = jax.tree.flatten(state)
+    leaves = [np.array(leaf) for leaf in leaves]
+    for run_id, values in saved.items():
+        for leaf, value in zip(leaves, values, strict=True):
+            leaf[layout.slices[run_id]] = value
+    return jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves])
+
+
+def _optima(program: Program, problem: ProblemDef, data) -> dict[Any, float]:
+    """The problem's best reachable loss per level on the test states (float64, host)."""
+    if problem.optimum is None:
+        return {}
+    options = dict(program.options)
+    x_test = {
+        level: np.asarray(data[level][1] if program.levels_padded else data[1]) for level in program.levels
+    }
+    return {level: float(problem.optimum(level, options, x_test[level])) for level in program.levels}
+
+
+def _state_shapes(program: Program, problem: ProblemDef) -> dict[Any, tuple[int, ...]]:
+    """A state's own shape per level, for cutting padded trajectories back to it."""
+    shapes = {}
+    for level in program.levels:
+        task = problem.make_task(level, dict(program.options))
+        shapes[level] = jax.eval_shape(
+            lambda key, task=task: task.sample_data(key, 1)[0], jax.random.key(0)
+        ).shape[1:]
+    return shapes
+
+
+def _drawing_ref(drawing: str | None, problem_ref: str) -> str | None:
+    """A drawing reference that resolves from anywhere: a file next to a user's problem file
+    becomes absolute."""
+    if not drawing or ":" not in drawing:
+        return drawing
+    module, attribute = drawing.rsplit(":", 1)
+    if module.endswith(".py") and not Path(module).is_absolute() and problem_ref.endswith(".py"):
+        module = str((Path(problem_ref).parent / module).resolve())
+    return f"{module}:{attribute}"
