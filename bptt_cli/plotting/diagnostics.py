@@ -1,4 +1,6 @@
-"""Where the gradient grows or fades (SPEC §14), from ``<run_id>.diagnostics.csv`` files.
+"""Where the gradient grows or fades (SPEC §14), from ``<run_id>.diagnostics.csv`` files, as
+:func:`bptt_cli.results.read_results` reads them (``kind="diagnostics"``: levels as text, rows
+up to the sidecar's ``epochs_done``).
 
 Each file holds one row per (seed, diagnosed epoch, t) with the configuration columns
 (experiment, run_id, problem, level_key, level, flow, clip), seed, epoch, t = 0 … Nt,
@@ -16,7 +18,6 @@ upper bound on how much a perturbation can grow since t = 0.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -41,27 +42,6 @@ GROWTHS = {
     "log10_growth_closed_loop": ("closed loop (∂S/∂x + ∂S/∂u·∂N/∂x)", "#6a4c93"),
 }
 EPOCH_STYLES = ("--", "-")  # first diagnosed epoch, last diagnosed epoch
-
-
-def read_diagnostics(root: Path) -> pd.DataFrame:
-    """Every ``*.diagnostics.csv`` below ``root`` (the figure folder excluded) in one frame; levels
-    stay text. A file still being appended to loses its torn last line; an unreadable file is
-    skipped. Empty frame when there is none."""
-    from bptt_cli.results import FIGURES_DIR
-
-    root = Path(root)
-    frames = []
-    for path in sorted(root.rglob("*.diagnostics.csv")):
-        if FIGURES_DIR in path.relative_to(root).parts or path.name.startswith("."):
-            continue
-        data = path.read_bytes()
-        try:
-            frame = pd.read_csv(io.BytesIO(data[: data.rfind(b"\n") + 1]), dtype={"level": str})
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
-            continue
-        if not frame.empty and {"experiment", "run_id", "seed", "epoch", "t"} <= set(frame.columns):
-            frames.append(frame.dropna(subset=["seed", "epoch", "t"]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def choose_run(rows: pd.DataFrame) -> str:
