@@ -26,11 +26,12 @@ import pandas as pd
 from matplotlib import patheffects
 from matplotlib.lines import Line2D
 
+from bptt_cli.core.flow_names import flow_rank
+from bptt_cli.core.optim import clip_rank
 from bptt_cli.plotting import save_figure
-from bptt_cli.plotting.curves import FLOW_COLOURS, FLOW_ORDER, level_title, ordered_levels
+from bptt_cli.plotting.curves import FLOW_COLOURS, level_title, ordered_levels
 
 CONTROLLER_FLOWS = ("C", "R")  # which run's diagnostics to show, in order of preference
-CLIP_PREFERENCE = ("NORM", "VALUE", "NONE")
 GRADIENTS = {
     "grad_norm_R": ("R: full backpropagation", FLOW_COLOURS["R"], 2.4, None),
     # The yellow M line is thinner, on top of R, with a dark outline so that it stays visible on
@@ -54,11 +55,10 @@ def choose_run(rows: pd.DataFrame) -> str:
     def rank(run_id: str) -> tuple:
         flow, clip = runs.loc[run_id, "flow"], runs.loc[run_id, "clip"]
         if flow in CONTROLLER_FLOWS:
-            flow_rank = (CONTROLLER_FLOWS.index(flow), "")
+            flow_key = (CONTROLLER_FLOWS.index(flow), 0, 0, "")
         else:
-            flow_rank = (len(CONTROLLER_FLOWS) + (FLOW_ORDER.index(flow) if flow in FLOW_ORDER else 9), flow)
-        clip_rank = CLIP_PREFERENCE.index(clip) if clip in CLIP_PREFERENCE else len(CLIP_PREFERENCE)
-        return (*flow_rank, clip_rank, -runs.loc[run_id, "epochs"], -runs.loc[run_id, "seeds"], run_id)
+            flow_key = (len(CONTROLLER_FLOWS), *flow_rank(flow))
+        return (*flow_key, clip_rank(clip), -runs.loc[run_id, "epochs"], -runs.loc[run_id, "seeds"], run_id)
 
     return min(runs.index, key=rank)
 

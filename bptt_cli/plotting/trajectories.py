@@ -39,10 +39,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from bptt_cli import results
+from bptt_cli.core.flow_names import flow_rank
+from bptt_cli.core.optim import clip_rank
 from bptt_cli.plotting import save_figure
-from bptt_cli.plotting.curves import FLOW_ORDER, hardest_level, level_title
+from bptt_cli.plotting.curves import hardest_level, level_title
 
-CLIP_PREFERENCE = ("NORM", "VALUE", "NONE")
 SHOWN_FLOWS = ("R", "C")
 FLOW_NAMES = {
     "R": "R (regular BPTT)",
@@ -172,13 +173,11 @@ def choose_runs(records: list[Trajectories]) -> list[Trajectories]:
     flows = [f for f in SHOWN_FLOWS if any(r.meta.get("flow") == f for r in at_level)]
     if not flows:
         present = {str(r.meta.get("flow")) for r in at_level}
-        flows = [min(present, key=lambda f: (FLOW_ORDER.index(f) if f in FLOW_ORDER else len(FLOW_ORDER), f))]
+        flows = [min(present, key=flow_rank)]
     chosen = []
     for flow in flows:
         candidates = [r for r in at_level if r.meta.get("flow") == flow]
-        chosen.append(
-            min(candidates, key=lambda r: (_clip_rank(r.meta.get("clip")), -r.n_seeds, str(r.path)))
-        )
+        chosen.append(min(candidates, key=lambda r: (clip_rank(r.meta.get("clip")), -r.n_seeds, str(r.path))))
     return chosen
 
 
@@ -188,10 +187,6 @@ def flow_name(flow: str) -> str:
     if flow.startswith("T") and flow[1:].isdigit():
         return f"{flow} (truncated every {flow[1:]} steps)"
     return flow
-
-
-def _clip_rank(clip: Any) -> int:
-    return CLIP_PREFERENCE.index(clip) if clip in CLIP_PREFERENCE else len(CLIP_PREFERENCE)
 
 
 def _plot_experiment(experiment: str, runs: list[Trajectories], out_dir: Path) -> list[Path]:
