@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from bptt_cli.core.flow_names import flow_rank
-from bptt_cli.plotting import save_figure
+from bptt_cli.plotting import choose, save_figure
 
 FLOW_COLOURS = {"R": "#ef476f", "M": "#ffd166", "C": "#06d6a0", "S": "#073b4c"}
 EXTRA_COLOURS = ("#118ab2", "#8d99ae", "#6a4c93", "#f78c6b")  # truncated flows T<k>
@@ -115,18 +115,14 @@ def smooth(values: np.ndarray, window: int = SMOOTHING) -> np.ndarray:
 
 
 def latest_runs(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep, per (experiment, level, flow, clip), only the run with the most epochs and seeds, so
-    a folder holding both a smoke and a paper run plots the paper run."""
-    sizes = frame.groupby("run_id").agg(
-        experiment=("experiment", "first"),
-        level=("level", "first"),
-        flow=("flow", "first"),
-        clip=("clip", "first"),
-        epochs=("epoch", "max"),
-        seeds=("seed", "nunique"),
-    )
-    best = sizes.sort_values(["epochs", "seeds"]).groupby(["experiment", "level", "flow", "clip"]).tail(1)
-    return frame[frame["run_id"].isin(best.index)]
+    """Keep, per (experiment, level, flow, clip), only the run :mod:`~bptt_cli.plotting.choose`
+    prefers (the most epochs, then seeds), so a folder holding both a smoke and a paper run
+    plots the paper run."""
+    runs = choose.candidates_of(frame)
+    keys = ["experiment", "level", "flow", "clip"]
+    configurations = frame.groupby("run_id")[keys].first().groupby(keys)
+    kept = {choose.best(runs[str(run_id)] for run_id in group.index).key for _, group in configurations}
+    return frame[frame["run_id"].astype(str).isin(kept)]
 
 
 def band(rows: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -26,9 +26,7 @@ import pandas as pd
 from matplotlib import patheffects
 from matplotlib.lines import Line2D
 
-from bptt_cli.core.flow_names import flow_rank
-from bptt_cli.core.optim import clip_rank
-from bptt_cli.plotting import save_figure
+from bptt_cli.plotting import choose, save_figure
 from bptt_cli.plotting.curves import FLOW_COLOURS, level_title, ordered_levels
 
 CONTROLLER_FLOWS = ("C", "R")  # which run's diagnostics to show, in order of preference
@@ -46,21 +44,10 @@ EPOCH_STYLES = ("--", "-")  # first diagnosed epoch, last diagnosed epoch
 
 
 def choose_run(rows: pd.DataFrame) -> str:
-    """The run id whose diagnostics a row of the figure shows: flow C, else R, else the first
-    flow; clip NORM, else VALUE, else NONE; among equals the run with the most epochs and seeds."""
-    runs = rows.groupby("run_id").agg(
-        flow=("flow", "first"), clip=("clip", "first"), epochs=("epoch", "max"), seeds=("seed", "nunique")
-    )
-
-    def rank(run_id: str) -> tuple:
-        flow, clip = runs.loc[run_id, "flow"], runs.loc[run_id, "clip"]
-        if flow in CONTROLLER_FLOWS:
-            flow_key = (CONTROLLER_FLOWS.index(flow), 0, 0, "")
-        else:
-            flow_key = (len(CONTROLLER_FLOWS), *flow_rank(flow))
-        return (*flow_key, clip_rank(clip), -runs.loc[run_id, "epochs"], -runs.loc[run_id, "seeds"], run_id)
-
-    return min(runs.index, key=rank)
+    """The run id whose diagnostics a row of the figure shows: by :mod:`~bptt_cli.plotting.choose`
+    with flows C, then R, preferred (clip NORM, else VALUE, else NONE; then the most epochs and
+    seeds)."""
+    return choose.best(choose.candidates_of(rows).values(), CONTROLLER_FLOWS).key
 
 
 def plot_diagnostics(experiment: str, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
