@@ -1,9 +1,12 @@
 """The command line end to end: bad input, help and listing, a smoke run with its figures and
 summary (resume after interruption is in test_resume.py)."""
 
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
-from clitools import TINY, cli, definition, metrics
+from clitools import TINY, cli, definition, env_for, metrics
 
 # --- bad input --------------------------------------------------------------------------
 
@@ -96,14 +99,47 @@ def test_unwritable_output_folder(tmp_path, jax_cache):
     assert plot.returncode == 2 and "does not exist" in plot.stderr
 
 
+# Runs an entry point as its console script does, then reports the jax modules it loaded.
+WITHOUT_JAX = """
+import sys
+from bptt_cli import cli
+
+main = {"bptt-run": cli.run_main, "bptt-plot": cli.plot_main}[sys.argv[1]]
+sys.argv = sys.argv[1:]
+code = 0
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code
+loaded = sorted({m.split(".")[0] for m in sys.modules} & {"jax", "jaxlib"})
+print(f"jax modules loaded: {loaded}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_counting_jax(tool: str, *args, cache, cwd) -> subprocess.CompletedProcess:
+    """``tool *args`` in a fresh interpreter; its last stderr line lists the jax modules loaded."""
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_JAX, tool, *args],
+        cwd=cwd,
+        env=env_for(cache),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_list_and_help_do_not_need_jax(tmp_path, jax_cache):
-    result = cli("bptt-run", "--list", cache=jax_cache, cwd=tmp_path)
-    assert result.returncode == 0
+    listed = run_counting_jax("bptt-run", "--list", cache=jax_cache, cwd=tmp_path)
+    helped = run_counting_jax("bptt-run", "--help", cache=jax_cache, cwd=tmp_path)
+    plot_help = run_counting_jax("bptt-plot", "--help", cache=jax_cache, cwd=tmp_path)
+    for result in (listed, helped, plot_help):
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == "jax modules loaded: []", result.stderr
     for name in ("cartpole", "guidance", "quantum", "toy"):
-        assert name in result.stdout
-    helped = cli("bptt-run", "--help", cache=jax_cache, cwd=tmp_path)
-    assert helped.returncode == 0 and "--flow" in helped.stdout and "--level" in helped.stdout
-    assert "results" in cli("bptt-plot", "--help", cache=jax_cache, cwd=tmp_path).stdout
+        assert name in listed.stdout
+    assert "--flow" in helped.stdout and "--level" in helped.stdout
+    assert "results" in plot_help.stdout
 
 
 # --- a real run -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bptt_cli import results
 from bptt_cli.plotting import curves, diagnostics, plot_all
 
 PNG = b"\x89PNG"
@@ -152,19 +153,34 @@ def test_level_order_and_hardest_level():
 # --- diagnostics ---
 
 
-def test_read_diagnostics_keeps_levels_as_text_and_skips_figures(tmp_path):
+def test_figure_reads_diagnostics_as_committed(tmp_path, capsys):
+    """What the figure reads (results.read_results, kind "diagnostics"): levels as text, no
+    metrics rows and nothing from the figure folder, a torn last line dropped, rows beyond the
+    sidecar's epochs_done dropped, an unreadable file skipped with one warning line."""
     info = config("gd", "guidance", "reg_coef", "0.10", "C", "NORM")
     write_diagnostics(tmp_path / "gd", info)
     write_metrics(tmp_path / "gd", info)
     write_diagnostics(tmp_path / "figures", config("zz", "guidance", "reg_coef", "1", "C", "NORM"))
-    frame = diagnostics.read_diagnostics(tmp_path)
+    frame = results.read_results(tmp_path, kind="diagnostics")
     assert set(frame["experiment"]) == {"gd"} and set(frame["level"]) == {"0.10"}
     assert len(frame) == 2 * len(DIAGNOSED_EPOCHS) * (N_STEPS + 1)
-    assert diagnostics.read_diagnostics(tmp_path / "nothing").empty
+    assert results.read_results(tmp_path / "nothing", kind="diagnostics").empty
     # A file being appended to: the torn last line is dropped.
     path = tmp_path / "gd" / f"{info['run_id']}.diagnostics.csv"
     path.write_text(path.read_text() + "gd,gd-0.10-C-NORM,guidance,reg_coef,0.10,C,NORM,1,10")
-    assert len(diagnostics.read_diagnostics(tmp_path)) == len(frame)
+    assert len(results.read_results(tmp_path, kind="diagnostics")) == len(frame)
+    # Epoch 10 is appended but not committed: the sidecar states 1 epoch done.
+    (tmp_path / "gd" / f"{info['run_id']}.json").write_text(json.dumps({**info, "epochs_done": 1}))
+    committed = results.read_results(tmp_path, kind="diagnostics")
+    assert sorted(committed["epoch"].unique()) == [0, 1]
+    written = diagnostics.plot_diagnostics("gd", committed, tmp_path / "figures")
+    assert_figure(written[0])
+    # A file that is not a CSV: one warning line, the rest is read.
+    (tmp_path / "gd" / "broken.diagnostics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    capsys.readouterr()
+    assert len(results.read_results(tmp_path, kind="diagnostics")) == len(committed)
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: skipping") and "broken" in warnings[0]
 
 
 def test_choose_run_prefers_c_then_r_and_norm_then_value():
@@ -181,7 +197,7 @@ def test_choose_run_prefers_c_then_r_and_norm_then_value():
 
 def test_diagnostics_figure(tmp_path):
     write_experiment(tmp_path, "cartpole", "cartpole", "n_poles", ["1", "2"])
-    frame = diagnostics.read_diagnostics(tmp_path)
+    frame = results.read_results(tmp_path, kind="diagnostics")
     written = diagnostics.plot_diagnostics("cartpole", frame, tmp_path / "figures")
     assert [p.name for p in written] == ["cartpole_diagnostics.png", "cartpole_diagnostics.pdf"]
     assert_figure(written[0], 60_000)
@@ -197,7 +213,9 @@ def test_diagnostics_of_one_epoch_one_seed_and_a_diverged_run(tmp_path):
     frame.loc[frame["epoch"] == 1, "grad_norm_R"] = np.inf
     frame.loc[frame["t"] == 3, "grad_norm_M"] = 0.0
     frame.to_csv(path, index=False)
-    written = diagnostics.plot_diagnostics("q", diagnostics.read_diagnostics(tmp_path), tmp_path / "figures")
+    written = diagnostics.plot_diagnostics(
+        "q", results.read_results(tmp_path, kind="diagnostics"), tmp_path / "figures"
+    )
     assert_figure(written[0])
 
 

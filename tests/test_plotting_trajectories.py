@@ -173,6 +173,19 @@ def test_guidance_hardest_level_is_the_smallest_regularization(tmp_path):
     assert {r.meta["level"] for r in chosen} == {"0.01"}
 
 
+def test_of_two_runs_of_one_configuration_the_one_trained_longer(tmp_path):
+    """A smoke and a paper run of one configuration: the sidecars' epochs_done decide, as in the
+    curves (the file found first, a-smoke, would win a tie)."""
+    for folder, run_id, epochs in (("a-smoke", "cp-smoke", 3), ("b-paper", "cp-paper", 500)):
+        write_trajectories(tmp_path / folder, "cp", "cartpole", "2", "C", "NORM", run_id=run_id)
+        (tmp_path / folder / f"{run_id}.json").write_text(
+            json.dumps({"run_id": run_id, "epochs_done": epochs})
+        )
+    records = trajectories.read_trajectories(tmp_path)
+    assert sorted(r.epochs for r in records) == [3, 500]
+    assert [r.meta["run_id"] for r in trajectories.choose_runs(records)] == ["cp-paper"]
+
+
 # --- whole pictures ---
 
 

@@ -44,7 +44,7 @@ def plot_all(results_dir: Path, figures_dir: Path) -> list[Path]:
         for experiment, rows in frame.groupby("experiment", sort=True):
             written += curves.plot_experiment(str(experiment), rows, figures_dir)
         written += summary.write(frame, results.read_metas(results_dir), results_dir)
-    diagnosed = diagnostics.read_diagnostics(results_dir)
+    diagnosed = results.read_results(results_dir, kind="diagnostics")
     if not diagnosed.empty:
         for experiment in sorted(diagnosed["experiment"].astype(str).unique()):
             written += diagnostics.plot_diagnostics(experiment, diagnosed, figures_dir)

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from bptt_cli.plotting import save_figure
+from bptt_cli.core.flow_names import flow_rank
+from bptt_cli.plotting import choose, save_figure
 
 FLOW_COLOURS = {"R": "#ef476f", "M": "#ffd166", "C": "#06d6a0", "S": "#073b4c"}
 EXTRA_COLOURS = ("#118ab2", "#8d99ae", "#6a4c93", "#f78c6b")  # truncated flows T<k>
-CLIP_STYLES = {"VALUE": "-", "NORM": "--", "NONE": ":"}
-FLOW_ORDER = ("R", "M", "C", "S")
+CLIP_STYLES = {"VALUE": "-", "NORM": "--", "NONE": ":"}  # also the order of the clips in the legend
 SMOOTHING = 30
 
 # Per problem: panel title for a level, y range (None: automatic), figure title, the column drawn.
@@ -115,18 +115,14 @@ def smooth(values: np.ndarray, window: int = SMOOTHING) -> np.ndarray:
 
 
 def latest_runs(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep, per (experiment, level, flow, clip), only the run with the most epochs and seeds, so
-    a folder holding both a smoke and a paper run plots the paper run."""
-    sizes = frame.groupby("run_id").agg(
-        experiment=("experiment", "first"),
-        level=("level", "first"),
-        flow=("flow", "first"),
-        clip=("clip", "first"),
-        epochs=("epoch", "max"),
-        seeds=("seed", "nunique"),
-    )
-    best = sizes.sort_values(["epochs", "seeds"]).groupby(["experiment", "level", "flow", "clip"]).tail(1)
-    return frame[frame["run_id"].isin(best.index)]
+    """Keep, per (experiment, level, flow, clip), only the run :mod:`~bptt_cli.plotting.choose`
+    prefers (the most epochs, then seeds), so a folder holding both a smoke and a paper run
+    plots the paper run."""
+    runs = choose.candidates_of(frame)
+    keys = ["experiment", "level", "flow", "clip"]
+    configurations = frame.groupby("run_id")[keys].first().groupby(keys)
+    kept = {choose.best(runs[str(run_id)] for run_id in group.index).key for _, group in configurations}
+    return frame[frame["run_id"].astype(str).isin(kept)]
 
 
 def band(rows: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -169,10 +165,14 @@ def _draw(ax, rows: pd.DataFrame, column: str, flows: list[str]) -> None:
 
 
 def _ordered(rows: pd.DataFrame) -> pd.DataFrame:
-    flow_rank = {f: i for i, f in enumerate(FLOW_ORDER)}
-    clip_rank = {c: i for i, c in enumerate(CLIP_STYLES)}
-    key = rows["flow"].map(lambda f: flow_rank.get(f, len(FLOW_ORDER))) * 10 + rows["clip"].map(clip_rank)
-    return rows.assign(_order=key).sort_values(["_order", "seed", "epoch"]).drop(columns="_order")
+    """``rows`` in the order curves are drawn and listed: flows by :func:`flow_rank`, then clips
+    as in :data:`CLIP_STYLES`."""
+    flows = sorted(rows["flow"].unique(), key=flow_rank)
+    order = {
+        "_flow": rows["flow"].map({flow: i for i, flow in enumerate(flows)}),
+        "_clip": rows["clip"].map({clip: i for i, clip in enumerate(CLIP_STYLES)}).fillna(len(CLIP_STYLES)),
+    }
+    return rows.assign(**order).sort_values([*order, "seed", "epoch"]).drop(columns=list(order))
 
 
 def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[Path]:

@@ -1,4 +1,6 @@
-"""Where the gradient grows or fades (SPEC §14), from ``<run_id>.diagnostics.csv`` files.
+"""Where the gradient grows or fades (SPEC §14), from ``<run_id>.diagnostics.csv`` files, as
+:func:`bptt_cli.results.read_results` reads them (``kind="diagnostics"``: levels as text, rows
+up to the sidecar's ``epochs_done``).
 
 Each file holds one row per (seed, diagnosed epoch, t) with the configuration columns
 (experiment, run_id, problem, level_key, level, flow, clip), seed, epoch, t = 0 … Nt,
@@ -16,7 +18,6 @@ upper bound on how much a perturbation can grow since t = 0.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -25,11 +26,10 @@ import pandas as pd
 from matplotlib import patheffects
 from matplotlib.lines import Line2D
 
-from bptt_cli.plotting import save_figure
-from bptt_cli.plotting.curves import FLOW_COLOURS, FLOW_ORDER, level_title, ordered_levels
+from bptt_cli.plotting import choose, save_figure
+from bptt_cli.plotting.curves import FLOW_COLOURS, level_title, ordered_levels
 
 CONTROLLER_FLOWS = ("C", "R")  # which run's diagnostics to show, in order of preference
-CLIP_PREFERENCE = ("NORM", "VALUE", "NONE")
 GRADIENTS = {
     "grad_norm_R": ("R: full backpropagation", FLOW_COLOURS["R"], 2.4, None),
     # The yellow M line is thinner, on top of R, with a dark outline so that it stays visible on
@@ -43,44 +43,11 @@ GROWTHS = {
 EPOCH_STYLES = ("--", "-")  # first diagnosed epoch, last diagnosed epoch
 
 
-def read_diagnostics(root: Path) -> pd.DataFrame:
-    """Every ``*.diagnostics.csv`` below ``root`` (the figure folder excluded) in one frame; levels
-    stay text. A file still being appended to loses its torn last line; an unreadable file is
-    skipped. Empty frame when there is none."""
-    from bptt_cli.results import FIGURES_DIR
-
-    root = Path(root)
-    frames = []
-    for path in sorted(root.rglob("*.diagnostics.csv")):
-        if FIGURES_DIR in path.relative_to(root).parts or path.name.startswith("."):
-            continue
-        data = path.read_bytes()
-        try:
-            frame = pd.read_csv(io.BytesIO(data[: data.rfind(b"\n") + 1]), dtype={"level": str})
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
-            continue
-        if not frame.empty and {"experiment", "run_id", "seed", "epoch", "t"} <= set(frame.columns):
-            frames.append(frame.dropna(subset=["seed", "epoch", "t"]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def choose_run(rows: pd.DataFrame) -> str:
-    """The run id whose diagnostics a row of the figure shows: flow C, else R, else the first
-    flow; clip NORM, else VALUE, else NONE; among equals the run with the most epochs and seeds."""
-    runs = rows.groupby("run_id").agg(
-        flow=("flow", "first"), clip=("clip", "first"), epochs=("epoch", "max"), seeds=("seed", "nunique")
-    )
-
-    def rank(run_id: str) -> tuple:
-        flow, clip = runs.loc[run_id, "flow"], runs.loc[run_id, "clip"]
-        if flow in CONTROLLER_FLOWS:
-            flow_rank = (CONTROLLER_FLOWS.index(flow), "")
-        else:
-            flow_rank = (len(CONTROLLER_FLOWS) + (FLOW_ORDER.index(flow) if flow in FLOW_ORDER else 9), flow)
-        clip_rank = CLIP_PREFERENCE.index(clip) if clip in CLIP_PREFERENCE else len(CLIP_PREFERENCE)
-        return (*flow_rank, clip_rank, -runs.loc[run_id, "epochs"], -runs.loc[run_id, "seeds"], run_id)
-
-    return min(runs.index, key=rank)
+    """The run id whose diagnostics a row of the figure shows: by :mod:`~bptt_cli.plotting.choose`
+    with flows C, then R, preferred (clip NORM, else VALUE, else NONE; then the most epochs and
+    seeds)."""
+    return choose.best(choose.candidates_of(rows).values(), CONTROLLER_FLOWS).key
 
 
 def plot_diagnostics(experiment: str, frame: pd.DataFrame, out_dir: Path) -> list[Path]:

@@ -9,8 +9,9 @@ Reads ``<run_id>.trajectories.npz`` (written by the runner at the end of every r
   :mod:`bptt_cli.plotting.drawings` for the contract).
 
 Per experiment it takes the runs at the hardest level (:func:`curves.hardest_level`), flows R
-and C (whichever exist; another flow when neither does), the clip NORM, else VALUE, else NONE,
-the first seed and the first test state, and writes into the figure folder:
+and C (whichever exist; another flow when neither does), the clip NORM, else VALUE, else NONE
+(the rule of :mod:`bptt_cli.plotting.choose`), the first seed and the first test state, and
+writes into the figure folder:
 
 - with a drawing that has ``frame``: ``<experiment>_trajectory.gif``, an animation with the
   flows side by side (every step, or every k-th step so that there are at most 40 frames),
@@ -39,10 +40,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from bptt_cli import results
-from bptt_cli.plotting import save_figure
-from bptt_cli.plotting.curves import FLOW_ORDER, hardest_level, level_title
+from bptt_cli.plotting import choose, save_figure
+from bptt_cli.plotting.curves import hardest_level, level_title
 
-CLIP_PREFERENCE = ("NORM", "VALUE", "NONE")
 SHOWN_FLOWS = ("R", "C")
 FLOW_NAMES = {
     "R": "R (regular BPTT)",
@@ -58,13 +58,15 @@ GIF_LAST_FRAME_MS = 1200
 
 @dataclass(frozen=True)
 class Trajectories:
-    """One ``.trajectories.npz``: arrays as stored and the parsed ``meta``."""
+    """One ``.trajectories.npz``: arrays as stored, the parsed ``meta`` and the epochs its run
+    trained (as the run's sidecar states them; 0 without one)."""
 
     path: Path
     xs: np.ndarray
     us: np.ndarray
     seeds: np.ndarray
     meta: dict[str, Any]
+    epochs: int = 0
 
     @property
     def n_seeds(self) -> int:
@@ -99,12 +101,15 @@ class Panel:
 def read_trajectories(root: Path) -> list[Trajectories]:
     """Every readable ``*.trajectories.npz`` below ``root`` (the figure folder excluded)."""
     root = Path(root)
+    metas = results.read_metas(root)
     found = []
     for path in sorted(root.rglob("*.trajectories.npz")):
         if results.FIGURES_DIR in path.relative_to(root).parts or path.name.startswith("."):
             continue
         try:
-            found.append(Trajectories(path, *results.read_trajectories(path)))
+            xs, us, seeds, meta = results.read_trajectories(path)
+            epochs = metas.get(str(meta.get("run_id")), {}).get("epochs_done", 0)
+            found.append(Trajectories(path, xs, us, seeds, meta, int(epochs)))
         except (OSError, ValueError, KeyError) as error:  # JSONDecodeError is a ValueError
             results.warn(f"skipping {path}: not a readable trajectories file ({error})")
     return found
@@ -165,21 +170,16 @@ def plot_trajectories(source: Path, out_dir: Path) -> list[Path]:
 
 def choose_runs(records: list[Trajectories]) -> list[Trajectories]:
     """At the hardest level, one run per shown flow (R then C; else the first flow there is),
-    clip NORM preferred, then VALUE, then NONE; among equals the one with the most seeds."""
+    each chosen by :mod:`~bptt_cli.plotting.choose`: clip NORM preferred, then VALUE, then NONE;
+    among equals the one with the most epochs, then seeds."""
     problem = str(records[0].meta.get("problem", ""))
     level = hardest_level(problem, [str(r.meta.get("level")) for r in records])
-    at_level = [r for r in records if str(r.meta.get("level")) == level]
-    flows = [f for f in SHOWN_FLOWS if any(r.meta.get("flow") == f for r in at_level)]
-    if not flows:
-        present = {str(r.meta.get("flow")) for r in at_level}
-        flows = [min(present, key=lambda f: (FLOW_ORDER.index(f) if f in FLOW_ORDER else len(FLOW_ORDER), f))]
-    chosen = []
-    for flow in flows:
-        candidates = [r for r in at_level if r.meta.get("flow") == flow]
-        chosen.append(
-            min(candidates, key=lambda r: (_clip_rank(r.meta.get("clip")), -r.n_seeds, str(r.path)))
-        )
-    return chosen
+    at_level = {str(r.path): r for r in records if str(r.meta.get("level")) == level}
+    candidates = [
+        choose.Candidate(key, str(r.meta.get("flow")), str(r.meta.get("clip")), r.epochs, r.n_seeds)
+        for key, r in at_level.items()
+    ]
+    return [at_level[candidate.key] for candidate in choose.best_per_flow(candidates, SHOWN_FLOWS)]
 
 
 def flow_name(flow: str) -> str:
@@ -188,10 +188,6 @@ def flow_name(flow: str) -> str:
     if flow.startswith("T") and flow[1:].isdigit():
         return f"{flow} (truncated every {flow[1:]} steps)"
     return flow
-
-
-def _clip_rank(clip: Any) -> int:
-    return CLIP_PREFERENCE.index(clip) if clip in CLIP_PREFERENCE else len(CLIP_PREFERENCE)
 
 
 def _plot_experiment(experiment: str, runs: list[Trajectories], out_dir: Path) -> list[Path]:
