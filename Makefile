@@ -22,7 +22,7 @@ JAX_EXTRA :=
 endif
 STAMP := $(VENV)/.installed-$(JAX_BUILD)
 
-.PHONY: install test test-all test-lowest reproduce beyond quick smoke bench lint format clean
+.PHONY: install test test-all test-lowest slurm-test reproduce beyond quick smoke bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ $(LOWEST)/.installed: pyproject.toml .ci/lowest.py
 test-lowest: $(LOWEST)/.installed  ## a fast subset against the lowest supported versions (.venv-lowest)
 	$(LOWEST)/bin/python .ci/lowest.py --check
 	$(LOWEST)/bin/python -m pytest -q $(LOWEST_TESTS)
+
+# A throwaway one-node SLURM cluster (Debian's slurm-wlm and munge, installed if missing; needs
+# root) runs examples/slurm/reproduce.sbatch as a 2-task array on a smoke grid, then plot.sbatch.
+slurm-test: install  ## the SLURM recipe on a real one-node cluster (root; skipped where apt cannot install SLURM)
+	.ci/slurm_test.sh
 
 reproduce: install  ## the whole paper: toy figures, three grids at paper scale, figures, summary
 	$(BIN)/bptt-run toy --out $(OUT)
