@@ -9,9 +9,10 @@ Sections (compare ratios within one run: machines are noisy):
 5. the host's share of wall time in a real run of a paper-sized program (48 runs per commit);
 6. where a CPU's time goes for cart-pole: its matrix products against this CPU's peak;
 7. the paper grid's estimated wall time on this machine;
-8. every core: steady seconds per epoch of real runs (the runner, results written) on one jax
-   CPU device and on one per usable core, for a many-row program per problem and for a grid of
-   four one-row programs (each case in a fresh process: the device count is fixed at start-up).
+8. every core: steady seconds per epoch of whole bptt-run commands on one jax CPU device (as
+   the releases before every-core) and by default (one device per usable core, and one worker
+   process per core for a grid of several programs), for a many-row program per problem and
+   for a grid of four one-row programs.
 The figures of sections 1-2 are stored for `bptt-run --dry-run` estimates.
 """
 
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bptt_cli import config, estimate, problems, runner
 from bptt_cli.core import devices, plan
@@ -238,68 +238,65 @@ def section_grid(profile) -> None:
     specs = [s for name in ("cartpole", "guidance", "quantum") for s in config.resolve(config.load(name))]
     programs = plan.plan([(s, 0) for s in specs], profile, problems.get)
     entries = estimate.load()
-    total = 0.0
-    for program in programs:
-        seconds = estimate.program_seconds(program, entries)
-        total += seconds or float("nan")
-        guess = "no figures" if seconds is None else estimate.fmt(seconds)
-        print(f"  {program.describe()}: {guess}")
+    one = [estimate.program_seconds(program, entries) for program in programs]
+    for program, seconds in zip(programs, one, strict=True):
+        print(f"  {program.describe()}: {'no figures' if seconds is None else estimate.fmt(seconds)}")
+    if None in one:
+        print(f"{len(programs)} programs, estimated wall time unknown (no figures for some problem)")
+        return
+    cores = devices.usable_cores()
+    workers = min(cores, len(programs))
+    every = [estimate.program_seconds(p, entries, max(1, cores // workers)) for p in programs]
     print(
-        f"{len(programs)} programs, estimated wall time {estimate.fmt(total) if np.isfinite(total) else 'unknown'}"
+        f"{len(programs)} programs, estimated wall time on one device (the releases before every-core): "
+        f"{estimate.fmt(sum(one))}; on all {cores} cores ({workers} workers): "
+        f"{estimate.fmt(estimate.plan_seconds(every, workers))}"
     )
 
 
-# name -> (problem, level, flows, clips, seeds, (short, long) epochs): steady seconds per epoch
-# are the wall-time difference of a short and a long run over their epoch difference, so that
-# start-up and compile times cancel.
+# name -> (bptt-run arguments, (short, long) epochs): steady seconds per epoch are the wall-time
+# difference of a short and a long run of the whole command over their epoch difference, so
+# that start-up and compile times cancel.
 CORE_CASES = {
-    "cartpole R, 9 rows": ("cartpole", 2, ["R"], ["NORM", "NONE", "VALUE"], 3, (2, 8)),
-    "guidance C, 9 rows": ("guidance", 0.1, ["C"], ["NORM", "NONE", "VALUE"], 3, (2, 8)),
-    "quantum C, 9 rows": ("quantum", 4, ["C"], ["NORM", "NONE", "VALUE"], 3, (1, 3)),
-    "cartpole R/M/S/C, 4 x 1 row": ("cartpole", 2, ["R", "M", "S", "C"], ["NORM"], 1, (2, 8)),
+    "cartpole R, 9 rows": ("cartpole -l 2 -f R -c NORM -c NONE -c VALUE --seeds 3", (2, 10)),
+    "guidance C, 9 rows": ("guidance -l 0.1 -f C -c NORM -c NONE -c VALUE --seeds 3", (2, 10)),
+    "quantum C, 9 rows": ("quantum -l 4 -f C -c NORM -c NONE -c VALUE --seeds 3", (1, 3)),
+    "cartpole R/M/S/C, 4 x 1 row": ("cartpole -l 2 -f R -f M -f S -f C -c NORM --seeds 1", (2, 10)),
 }
 
 
-def section_cores() -> None:
+def section_cores(only_case: str | None = None) -> None:
+    import shutil
     import subprocess
     import sys
 
     cores = devices.usable_cores()
-    header(f"8. every core: one jax CPU device against {cores} (one per usable core), real runs")
-    print(f"{'case':28s} {'1 device s/epoch':>16s} {f'{cores} devices':>12s} {'speed-up':>8s}")
-    for case in CORE_CASES:
+    header(
+        f"8. every core: whole bptt-run commands, one process with one jax CPU device (the previous "
+        f"releases) against the default on {cores} usable cores"
+    )
+    print(f"{'case':28s} {'1 device s/epoch':>16s} {'default':>8s} {'speed-up':>8s}")
+    command = [str(Path(sys.executable).parent / "bptt-run")]
+    for case, (args, (short, long)) in CORE_CASES.items():
+        if only_case and only_case not in case:
+            continue
         seconds = []
-        for count in (1, cores):
-            env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(count), "JAX_PLATFORMS": "cpu"}
-            result = subprocess.run(
-                [sys.executable, __file__, "--steady", case],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            seconds.append(float(result.stdout.split()[-1]))
-        print(f"{case:28s} {seconds[0]:16.3f} {seconds[1]:12.3f} {seconds[0] / seconds[1]:7.2f}x", flush=True)
-
-
-def steady_epoch_seconds(case: str) -> float:
-    """Seconds per epoch of a real run of ``case`` on this process's devices (see CORE_CASES)."""
-    name, level, flows, clips, seeds, (short, long) = CORE_CASES[case]
-    walls = []
-    for epochs in (short, long):
-        specs = config.resolve(
-            config.load(name),
-            levels=[level],
-            flows=flows,
-            clips=clips,
-            seeds=seeds,
-            epochs=epochs,
-            diagnostics=False,
-        )
-        with tempfile.TemporaryDirectory() as out:
-            report = runner.run(specs, Path(out), profile=devices.profile("cpu"))
-        walls.append(report.wall_seconds - sum(set(report.compile_seconds.values())))
-    return (walls[1] - walls[0]) / (long - short)
+        for extra in ({"JAX_NUM_CPU_DEVICES": "1"}, {}):
+            env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
+            walls = []
+            for epochs in (short, long):
+                out = tempfile.mkdtemp(prefix="bptt-bench-")
+                t0 = time.perf_counter()
+                subprocess.run(
+                    [*command, *args.split(), "--epochs", str(epochs), "--no-diagnostics", "--out", out],
+                    env=env,
+                    capture_output=True,
+                    check=True,
+                )
+                walls.append(time.perf_counter() - t0)
+                shutil.rmtree(out)
+            seconds.append((walls[1] - walls[0]) / (long - short))
+        print(f"{case:28s} {seconds[0]:16.3f} {seconds[1]:8.3f} {seconds[0] / seconds[1]:7.2f}x", flush=True)
 
 
 def main() -> None:
@@ -310,11 +307,8 @@ def main() -> None:
     parser.add_argument(
         "--gpu-sections", action="store_true", help="run the GPU-only sections on any device (to check them)"
     )
-    parser.add_argument("--steady", choices=list(CORE_CASES), help=argparse.SUPPRESS)  # section 8's workers
+    parser.add_argument("--case", help="section 8: only the cases whose name contains this")
     args = parser.parse_args()
-    if args.steady:
-        print(steady_epoch_seconds(args.steady))
-        return
     device = jax.devices()[0]
     gpu = device.platform != "cpu" or args.gpu_sections
     profile = devices.current()
@@ -340,7 +334,7 @@ def main() -> None:
     if "7" in args.sections:
         section_grid(profile)
     if "8" in args.sections and not gpu:
-        section_cores()
+        section_cores(args.case)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ The public API, in one place, for your own simulators and for using the flows as
 Everything else is internal: ``core`` (flows, optimizers, training, the planner), ``runner``,
 ``results``, ``config``, ``plotting`` and ``cli`` may change between releases.
 
-Importing ``bptt_cli`` does not import jax; the functions and ``nn`` load it on first use.
+Importing ``bptt_cli`` loads neither jax nor the problem registry; the names above load what
+they need on first use.
 """
 
 from bptt_cli.core.task import ProblemDef, Task
-from bptt_cli.problems import ProblemError, check
 
 __version__ = "0.3.0"
 __all__ = ["ProblemDef", "ProblemError", "Task", "check", "combine", "nn", "value_and_grad"]
@@ -29,6 +29,10 @@ def __getattr__(name: str):
         from bptt_cli.core import flows
 
         return getattr(flows, name)
+    if name in ("check", "ProblemError"):
+        from bptt_cli import problems
+
+        return getattr(problems, name)
     if name == "nn":
         import importlib
 

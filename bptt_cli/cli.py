@@ -120,6 +120,18 @@ def run(
             "definition says, on].",
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="Worker processes on this machine sharing the grid, each pinned to its own cores "
+            "[default: on a CPU one per usable core, at most one per program; 1 on a GPU or with "
+            "--devices].",
+        ),
+    ] = None,
+    worker: Annotated[str | None, typer.Option(hidden=True)] = None,  # K/N: one of a pool's workers
+    worker_report: Annotated[Path | None, typer.Option(hidden=True)] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the programs that would run (and an estimate) and stop.")
     ] = False,
@@ -130,6 +142,10 @@ def run(
 ) -> None:
     if device.lower() not in DEVICES:
         raise UserError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    if worker is not None:
+        from bptt_cli import workers as pool
+
+        pool.become_worker()
     cpu_devices = _set_cpu_devices(devices_count)
     _select_device(device.lower())
     if list_:
@@ -171,20 +187,37 @@ def run(
     _check_out(out)
     _check_locks(mine, out)
     _check_problem(specs)
-    _print_plan(exp, scale, specs, out, share, cpu_devices)
     from bptt_cli import runner
+    from bptt_cli import workers as pool
     from bptt_cli.core import devices
 
     profile = devices.current(grouping.lower())
+    n_workers = _n_workers(workers, profile, cpu_devices, devices_count, mine, out) if worker is None else 1
+    if worker is None:
+        _print_plan(exp, scale, specs, out, share, cpu_devices, n_workers)
     if dry_run:
-        _print_programs(mine, out, profile)
+        _print_programs(mine, out, profile, n_workers)
         return
 
-    try:
+    if n_workers > 1:
         with _progress_bar() as progress:
-            report = runner.run(mine, out, force=force, profile=profile, progress=progress)
-    except LockError as err:
-        raise UserError(str(err)) from None
+            report = pool.run_pool(sys.argv[1:], n_workers, mine, out, _pool_progress(progress, n_workers))
+        failed = [(k, code) for k, code in enumerate(report.exit_codes, 1) if code not in (0, 130)]
+        if failed:  # each worker has said why on stderr already
+            if not any(code == 2 for _, code in failed):
+                err_console.print(f"bptt-run: worker {failed[0][0]} failed with exit code {failed[0][1]}")
+            raise typer.Exit(2 if any(code == 2 for _, code in failed) else 1)
+    else:
+        rotate = int(worker.split("/")[0]) - 1 if worker else 0
+        try:
+            with _progress_bar(enabled=worker is None) as progress:
+                report = runner.run(mine, out, force=force, profile=profile, progress=progress, rotate=rotate)
+        except LockError as err:
+            raise UserError(str(err)) from None
+        if worker_report is not None:
+            pool.write_report(worker_report, report)
+        if worker is not None:
+            raise typer.Exit(130 if report.interrupted else 0)
     if report.interrupted:
         err_console.print("interrupted: completed epochs are saved; rerun the same command to resume")
         raise typer.Exit(130)
@@ -338,7 +371,9 @@ def _print_info(cpu_devices: tuple[int, str]) -> None:
         out_console.print(f"{'device':10s} {d.id}: {d.device_kind} ({d.platform})")
 
 
-def _print_plan(exp, scale: str, specs, out: Path, share, cpu_devices: tuple[int, str]) -> None:
+def _print_plan(
+    exp, scale: str, specs, out: Path, share, cpu_devices: tuple[int, str], n_workers: int
+) -> None:
     import jax
 
     first = specs[0]
@@ -351,18 +386,21 @@ def _print_plan(exp, scale: str, specs, out: Path, share, cpu_devices: tuple[int
         f"data seed {first.data_seed}, seeds {first.seeds[0]}..{first.seeds[-1]}{mine} → {out / exp.name}",
         markup=False,
     )
-    err_console.print(
-        _devices_line(jax.devices(), cpu_devices, sum(len(s.seeds) for s in specs)), markup=False
-    )
+    rows = sum(len(s.seeds) for s in specs)
+    err_console.print(_devices_line(jax.devices(), cpu_devices, rows, n_workers), markup=False)
 
 
-def _devices_line(devices: list, cpu_devices: tuple[int, str], rows: int) -> str:
+def _devices_line(devices: list, cpu_devices: tuple[int, str], rows: int, n_workers: int) -> str:
     """Where the runs train, and why on that many devices."""
     kind = devices[0].platform
-    if kind == "cpu":
-        line = f"on {len(devices)} CPU device(s): {cpu_devices[1]}"
-    else:
-        line = f"on {len(devices)} {kind.upper()} device(s) ({devices[0].device_kind})"
+    if kind != "cpu":
+        return f"on {len(devices)} {kind.upper()} device(s) ({devices[0].device_kind})"
+    if n_workers > 1:
+        return (
+            f"on {cpu_devices[0]} CPU cores: {n_workers} worker processes, each pinned to its own cores "
+            f"and training its own programs ({cpu_devices[1]}; --workers 1 for one process)"
+        )
+    line = f"on {len(devices)} CPU device(s): {cpu_devices[1]}"
     if len(devices) > rows:
         line += f"; only {rows} can be used: the grid has {rows} row(s) (runs × seeds)"
     return line
@@ -372,32 +410,34 @@ def _in_order(items) -> str:
     return ", ".join(dict.fromkeys(items))
 
 
-def _print_programs(specs, out: Path, profile) -> None:
+def _print_programs(specs, out: Path, profile, n_workers: int) -> None:
     """The programs this worker would run, and an estimate when this machine has bench figures."""
     import jax
 
     from bptt_cli import estimate, problems, runner
-    from bptt_cli.core import plan
+    from bptt_cli.core import devices, plan
 
     work = runner.pending_work(specs, out)
     done = len(specs) - len(work)
     programs = plan.plan(work, profile, problems.get)
     device = jax.devices()[0]
+    n_devices = max(1, devices.usable_cores() // n_workers) if n_workers > 1 else len(jax.devices())
+    where = f"{n_workers} worker processes of {n_devices} device(s) each" if n_workers > 1 else "one process"
     out_console.print(
         f"{len(programs)} program(s) on {device.platform} ({device.device_kind}, {len(jax.devices())} device(s)), "
-        f"grouping {'wide' if profile.merge_flows else 'narrow'}; {done} run(s) already complete",
+        f"{where}, grouping {'wide' if profile.merge_flows else 'narrow'}; {done} run(s) already complete",
         markup=False,
     )
     figures = estimate.load()
-    total = 0.0
+    times = []
     for i, program in enumerate(programs, 1):
-        seconds = estimate.program_seconds(program, figures)
-        total = total + seconds if seconds is not None and total is not None else None
+        seconds = estimate.program_seconds(program, figures, n_devices)
+        times.append(seconds)
         guess = "" if seconds is None else f"  ~{estimate.fmt(seconds)}"
         out_console.print(f"  {i}. {program.describe()}{guess}", markup=False)
     if not programs:
         return
-    if total is None or not figures:
+    if None in times or not figures:
         out_console.print(
             "no wall-time estimate: this machine has no bench figures for "
             + ("these problems" if figures else "any problem")
@@ -405,13 +445,41 @@ def _print_programs(specs, out: Path, profile) -> None:
             markup=False,
         )
     else:
+        total = estimate.plan_seconds(times, n_workers)
         out_console.print(
             f"estimated wall time: {estimate.fmt(total)} (from make bench on this machine)", markup=False
         )
 
 
+def _n_workers(asked: int | None, profile, cpu_devices, devices_count, specs, out: Path) -> int:
+    """Worker processes for this machine: as asked (at most one per usable core), else on a CPU
+    whose device count we chose one per core, at most one per program; else 1."""
+    from bptt_cli import problems, runner
+    from bptt_cli.core import devices, plan
+
+    if asked is not None and asked < 1:
+        raise UserError(f"invalid workers {asked}; allowed: a positive integer")
+    cores = devices.usable_cores()
+    if asked is not None:
+        return min(asked, cores)
+    if profile.platform != "cpu" or devices_count is not None or not cpu_devices[1].startswith("one per"):
+        return 1
+    programs = plan.plan(runner.pending_work(specs, out), profile, problems.get)
+    return max(1, min(cores, len(programs)))
+
+
+def _pool_progress(show: Callable, n_workers: int) -> Callable[[int, int], None]:
+    """The bar's callback, fed from a pool of workers (run-epochs only)."""
+    from bptt_cli.runner import Progress
+
+    def update(done: int, total: int) -> None:
+        show(Progress(done, total, 0, 0, f"{n_workers} workers"))
+
+    return update
+
+
 @contextmanager
-def _progress_bar() -> Iterator[Callable]:
+def _progress_bar(enabled: bool = True) -> Iterator[Callable]:
     """A Rich bar over run-epochs, fed by the runner's progress callback; when stderr is not a
     terminal (CI logs, files) no bar, only the lines the runner says are worth printing."""
     from rich.progress import (
@@ -431,7 +499,7 @@ def _progress_bar() -> Iterator[Callable]:
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, disable=not err_console.is_terminal) as bar:
+    with Progress(*columns, console=err_console, disable=not (enabled and err_console.is_terminal)) as bar:
         task = None
 
         def show(update) -> None:

@@ -5,7 +5,10 @@ problem and per kind of row (one gradient, or two for C and paired programs), an
 under ``$BPTT_CACHE_DIR`` (default ``~/.cache/bptt-cli``) keyed by a fingerprint of the
 machine. ``bptt-run --dry-run`` reads them back: a program's time is its compile time plus its
 epochs times the seconds per epoch at its row count (interpolated linearly between measured
-row counts), scaled by its number of minibatches per epoch.
+row counts), scaled by its number of minibatches per epoch. The figures are for one device; a
+program whose rows are sharded over D devices is timed at its rows per device, and W worker
+processes share the programs (the wall time is about the programs' sum over W, at least the
+longest one).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ def cache_dir() -> Path:
 
 
 def fingerprint() -> str:
-    """The machine as far as speed goes: jax's device, the device count, the CPU."""
+    """The machine as far as speed goes: jax's device kind and the CPU (figures are per device,
+    whatever the device count of the process that reads them)."""
     import jax
 
     device = jax.devices()[0]
@@ -42,7 +46,7 @@ def fingerprint() -> str:
                 break
     except OSError:
         pass
-    return f"{device.platform} {device.device_kind} x{len(jax.devices())} | {cpu} x{os.cpu_count()}"
+    return f"{device.platform} {device.device_kind} | {cpu} x{os.cpu_count()}"
 
 
 def _path() -> Path:
@@ -81,8 +85,9 @@ def _interpolate(points: list[tuple[int, float]], rows: int) -> float:
     return float(seconds[-1] + (seconds[-1] - seconds[-2]) / (at[-1] - at[-2]) * (rows - at[-1]))
 
 
-def program_seconds(program, entries: list[dict[str, Any]]) -> float | None:
-    """Estimated wall time of a ``plan.Program`` (None without matching bench figures)."""
+def program_seconds(program, entries: list[dict[str, Any]], devices: int = 1) -> float | None:
+    """Estimated wall time of a ``plan.Program`` with its rows sharded over ``devices`` (None
+    without matching bench figures)."""
     gradients = 1 if program.single_gradient else 2
     matching = [e for e in entries if e["problem"] == program.problem and e["gradients"] == gradients]
     if not matching:
@@ -90,7 +95,13 @@ def program_seconds(program, entries: list[dict[str, Any]]) -> float | None:
     batches = program.n_data / program.batch_size
     points = [(e["rows"], e["epoch_seconds"] * batches / (e["n_data"] / e["batch_size"])) for e in matching]
     compile_seconds = max(e["compile_seconds"] for e in matching)
-    return compile_seconds + (program.epochs - program.start_epoch) * _interpolate(points, program.rows)
+    rows_per_device = -(-program.rows // devices)
+    return compile_seconds + (program.epochs - program.start_epoch) * _interpolate(points, rows_per_device)
+
+
+def plan_seconds(seconds: list[float], workers: int = 1) -> float:
+    """Wall time of programs taking ``seconds`` each, shared by ``workers`` processes."""
+    return max(sum(seconds) / workers, max(seconds, default=0.0))
 
 
 def fmt(seconds: float) -> str:

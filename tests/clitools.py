@@ -1,5 +1,6 @@
 """Running the installed command-line tools in subprocesses, as a user would, on a tiny grid."""
 
+import contextlib
 import json
 import os
 import signal
@@ -57,28 +58,73 @@ def progress(folder: Path) -> list[int]:
     return [json.loads(p.read_text())["epochs_done"] for p in sorted(folder.glob("*.json"))]
 
 
-def freeze_when(proc: subprocess.Popen, condition: Callable[[], bool], timeout: float = 300) -> None:
-    """Leave ``proc`` stopped (SIGSTOP) at the first moment ``condition()`` holds. The condition
-    is evaluated only while the process is stopped, so what it saw on disk is still true when the
-    caller signals the process: no race with the process's own progress, however fast or slow
-    the machine. Fails if the process exits first or the condition does not come in time."""
+def freeze_when(proc: subprocess.Popen, condition: Callable[[], bool], timeout: float = 300) -> list[int]:
+    """Leave ``proc`` and the processes it started (its workers) stopped (SIGSTOP) at the first
+    moment ``condition()`` holds; returns their pids, ``proc`` first. The condition is evaluated
+    only while they are all stopped, so what it saw on disk is still true when the caller
+    signals them: no race with their progress, however fast or slow the machine. Fails if
+    ``proc`` exits first or the condition does not come in time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        proc.send_signal(signal.SIGSTOP)
-        _wait_stopped(proc)
+        frozen = _stop_tree(proc.pid)
         if condition():
-            return
-        proc.send_signal(signal.SIGCONT)
+            return frozen
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
-    proc.kill()
+    kill_all(proc, [proc.pid, *_descendants(proc.pid)])
     raise AssertionError(f"condition not reached in {timeout} s: {proc.communicate()}")
 
 
-def _wait_stopped(proc: subprocess.Popen) -> None:
-    """Until every thread of ``proc`` is stopped (a signal is delivered asynchronously)."""
-    tasks = Path(f"/proc/{proc.pid}/task")
-    while proc.poll() is None:
+def kill_all(proc: subprocess.Popen, pids: list[int]) -> None:
+    """SIGKILL ``pids`` (``proc``'s tree) and wait until every one of them is gone."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    while any(_alive(pid) for pid in pids):
+        time.sleep(0.01)
+
+
+def _stop_tree(pid: int) -> list[int]:
+    """SIGSTOP ``pid`` and then its descendants (it cannot start new ones once stopped), and
+    wait until every thread of each is stopped (signals are delivered asynchronously)."""
+    os.kill(pid, signal.SIGSTOP)
+    _wait_stopped(pid)
+    frozen = [pid]
+    for child in _descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGSTOP)
+            _wait_stopped(child)
+            frozen.append(child)
+    return frozen
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_stopped(pid: int) -> None:
+    """Until every thread of ``pid`` is stopped (or it is gone)."""
+    tasks = Path(f"/proc/{pid}/task")
+    while _alive(pid):
         states = []
         for task in tasks.glob("*/stat"):
             try:

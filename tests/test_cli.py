@@ -30,12 +30,37 @@ BAD = [
     (["cartpole", "--device", "gpu"], "jax sees no GPU"),  # the tests pin JAX_PLATFORMS=cpu
     (["cartpole", "--grouping", "sideways"], "unknown grouping 'sideways'; allowed: auto, narrow, wide"),
     (["lqr", "--level", "-1"], "a -1 is outside the grid; allowed: 1.0, 1.1, 1.2, 1.3"),
+    (["cartpole", "--workers", "0"], "invalid workers 0; allowed: a positive integer"),
+    (["cartpole", "--devices", "0"], "invalid device count 0; allowed: a positive integer"),
+    (["cartpole", "--devices", "two"], "'--devices'"),
 ]
 
 
 @pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_is_one_line_exit_2_nothing_written(args, message, tmp_path, jax_cache):
     result = cli("bptt-run", *args, "--out", tmp_path / "out", cache=jax_cache, cwd=tmp_path)
+    assert_refused(result, message, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("JAX_NUM_CPU_DEVICES", "abc", "invalid JAX_NUM_CPU_DEVICES 'abc'; allowed: a positive integer"),
+        ("JAX_NUM_CPU_DEVICES", "0", "invalid JAX_NUM_CPU_DEVICES '0'"),
+        (
+            "XLA_FLAGS",
+            "--xla_force_host_platform_device_count=-1",
+            "invalid XLA_FLAGS device count '-1'; allowed: a positive integer",
+        ),
+    ],
+)
+def test_bad_device_count_in_the_environment(variable, value, message, tmp_path, jax_cache):
+    extra = {variable: value}
+    result = cli("bptt-run", "cartpole", "--out", tmp_path / "out", cache=jax_cache, cwd=tmp_path, **extra)
+    assert_refused(result, message, tmp_path)
+
+
+def assert_refused(result, message, tmp_path) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

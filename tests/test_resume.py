@@ -1,20 +1,22 @@
 """Resume after SIGKILL and Ctrl-C gives the uninterrupted results, row for row; the run axis
 sharded over two devices equals one device."""
 
+import os
 import signal
 import subprocess
 
 import pandas as pd
 import pytest
-from clitools import BIN, cli, definition, env_for, freeze_when, metrics, progress
+from clitools import BIN, cli, definition, env_for, freeze_when, kill_all, metrics, progress
 
 from bptt_cli import results
 
 
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
 def test_interrupted_run_resumes_to_identical_results(how, tmp_path, jax_cache):
-    """Ctrl-C on one device; SIGKILL on two devices, where 3 seeds of one clip are padded to 4
-    rows (resuming must leave the padding alone) and the gradient diagnostics resume too."""
+    """Ctrl-C to the default command (a worker process per core, each training its programs);
+    SIGKILL on one process with two devices, where 3 seeds of one clip are padded to 4 rows
+    (resuming must leave the padding alone) and the gradient diagnostics resume too."""
     epochs = 12
     two = how == "kill"
     seeds = 3 if two else 2
@@ -37,19 +39,24 @@ def test_interrupted_run_resumes_to_identical_results(how, tmp_path, jax_cache):
     )
     # Stopped part-way (some run at epoch 2 or later, most of the grid still to train): Ctrl-C
     # lets the one or two chunks in flight land, and neither signal can let the grid finish.
-    freeze_when(
+    frozen = freeze_when(
         proc,
         lambda: max(progress(out / "tiny"), default=0) >= 2 and sum(progress(out / "tiny")) <= 2 * epochs,
     )
-    proc.send_signal(signal.SIGINT if how == "interrupt" else signal.SIGKILL)
-    proc.send_signal(signal.SIGCONT)
-    _, stderr = proc.communicate(timeout=120)
+    if how == "interrupt":  # as a terminal's Ctrl-C: to the command, which tells its workers
+        proc.send_signal(signal.SIGINT)
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=120)
+    else:
+        kill_all(proc, frozen)
+        stderr = ""
     if how == "interrupt":
         assert proc.returncode == 130, stderr
         assert "rerun the same command to resume" in stderr
         assert "Traceback" not in stderr
     else:
-        assert proc.returncode == -signal.SIGKILL
+        assert proc.returncode == -signal.SIGKILL, stderr
 
     # What is on disk is consistent: parseable, no duplicated rows, and incomplete.
     partial = [

@@ -3,13 +3,12 @@ runs taken over, and the bad input of this part (shards, lock files, folders wit
 
 import itertools
 import json
-import signal
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from clitools import cli, freeze_when, progress, start
+from clitools import cli, freeze_when, kill_all, progress, start
 
 from bptt_cli import cli as bptt_cli_module
 from bptt_cli import config, results
@@ -91,9 +90,8 @@ def test_a_killed_workers_run_is_taken_over(tmp_path, jax_cache):
     path, out = grid(tmp_path, epochs=40), tmp_path / "res"
     worker = start("bptt-run", path, "--out", out, cache=jax_cache, cwd=tmp_path, BPTT_CHUNK_EPOCHS="1")
     # Killed while some run is part-way: its sidecar states epochs, so it must be resumable.
-    freeze_when(worker, lambda: any(0 < done < 40 for done in progress(out / "w")))
-    worker.send_signal(signal.SIGKILL)
-    worker.communicate(timeout=60)
+    frozen = freeze_when(worker, lambda: any(0 < done < 40 for done in progress(out / "w")))
+    kill_all(worker, frozen)
     stale = list((out / "w").glob("*.lock"))
     assert stale, "the killed worker's lock files stay behind"
     for lock in stale:

@@ -125,7 +125,7 @@ def cpu_devices(env: Mapping[str, str], cores: int, requested: int | None = None
         return _positive(env["JAX_NUM_CPU_DEVICES"], "JAX_NUM_CPU_DEVICES"), "JAX_NUM_CPU_DEVICES", False
     match = _XLA_DEVICE_COUNT.search(env.get("XLA_FLAGS", ""))
     if match:
-        return _positive(match.group(1), "the device count in XLA_FLAGS"), "XLA_FLAGS", False
+        return _positive(match.group(1), "XLA_FLAGS device count"), "XLA_FLAGS", False
     return cores, f"one per usable core ({cores})", True
 
 

@@ -10,7 +10,6 @@ grid that ``--shard K/N`` takes.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -208,15 +207,6 @@ class Chunk:
     diagnostics: list[tuple[int, dict[str, Any]]]
     trajectories: Any
     seconds: float
-
-
-def device_groups(n_devices: int, n_programs: int) -> list[range]:
-    """Disjoint groups of device indices, one per program trained at the same time: as many
-    programs at once as there are devices (each program's rows sharded over its group), but
-    never more groups than programs, so that a lone program still uses every device."""
-    k = max(1, min(n_devices, n_programs))
-    bounds = [n_devices * i // k for i in range(k + 1)]
-    return [range(lo, hi) for lo, hi in itertools.pairwise(bounds)]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -27,11 +27,8 @@ the plot over time instead.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import io
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bptt_cli import results
+from bptt_cli import problems, results
 from bptt_cli.plotting import choose, save_figure
 from bptt_cli.plotting.curves import hardest_level, level_title
 
@@ -127,20 +124,7 @@ def load_drawing(reference: str | None) -> Any | None:
     try:
         if not module_name or not attribute:
             raise ValueError("expected 'module:attribute' or '/path/file.py:attribute'")
-        if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
-            path = Path(module_name)
-            spec = importlib.util.spec_from_file_location(f"_bptt_drawing_{path.stem}", path)
-            if spec is None or spec.loader is None or not path.is_file():
-                raise FileNotFoundError(f"no such file {path}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module  # dataclasses and pickling look their module up there
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[spec.name]
-                raise
-        else:
-            module = importlib.import_module(module_name)
+        module = problems.import_ref(module_name)
         drawing = getattr(module, attribute)
         if not (callable(getattr(drawing, "frame", None)) or callable(getattr(drawing, "trajectory", None))):
             raise TypeError("it has neither frame(ax, x, u) nor trajectory(ax, xs, us)")

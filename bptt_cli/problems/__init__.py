@@ -30,7 +30,7 @@ class ProblemError(ValueError):
 def canonical_ref(ref: str, base: Path | None = None) -> str:
     """The reference as the runner will load it anywhere: built-in names and module paths as
     given, files as absolute paths (``base`` is the folder relative paths start from)."""
-    if ref in NAMES or not _is_file_ref(ref):
+    if ref in NAMES or not is_file_ref(ref):
         return ref
     path = Path(ref).expanduser()
     return str((path if path.is_absolute() else (base or Path.cwd()) / path).resolve())
@@ -43,12 +43,7 @@ def get(ref: str, base: Path | None = None) -> ProblemDef:
 
 @functools.cache
 def _load(ref: str) -> ProblemDef:
-    if ref in NAMES:
-        module = importlib.import_module(f"bptt_cli.problems.{ref}")
-    elif _is_file_ref(ref):
-        module = _import_file(Path(ref))
-    else:
-        module = _import_module(ref)
+    module = importlib.import_module(f"bptt_cli.problems.{ref}") if ref in NAMES else import_ref(ref)
     problem = getattr(module, "PROBLEM", None)
     if not isinstance(problem, ProblemDef):
         found = "nothing" if problem is None else type(problem).__name__
@@ -59,15 +54,24 @@ def _load(ref: str) -> ProblemDef:
     return problem
 
 
-def _is_file_ref(ref: str) -> bool:
+def is_file_ref(ref: str) -> bool:
+    """Whether a reference names a file (``.py`` or a path), not a module path."""
     return ref.endswith(".py") or "/" in ref or "\\" in ref
+
+
+def import_ref(ref: str):
+    """The module a module path or a ``.py`` file names, imported once per process (a problem
+    and its drawing in one file share it). Raises ``ProblemError`` with a one-line message."""
+    return _import_file(Path(ref)) if is_file_ref(ref) else _import_module(ref)
 
 
 def _import_file(path: Path):
     if not path.is_file():
         raise ProblemError(f"problem file {str(path)!r} not found")
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
     name = f"bptt_user_problem_{path.stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ProblemError(f"problem file {str(path)!r} is not a Python module")

@@ -4,9 +4,9 @@ The runs still to train are grouped into programs (``core.plan``). Each program'
 claimed with lock files (so that several workers can share one grid and one results folder),
 built for a group of devices (``build``), executed as a stream of chunks (``execute``) and
 every chunk is committed to the runs' files (``results``) as it lands, so a kill loses at
-most the chunks in flight and a rerun resumes exactly where the checkpoints end. With several
-devices, several programs train at once on disjoint groups of them; their chunks are handled
-in turn by this one thread while the devices work.
+most the chunks in flight and a rerun resumes exactly where the checkpoints end. A program's
+rows are sharded over every device of the process; to train several programs at once on a
+machine, several processes share the grid (``bptt_cli.workers``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import numpy as np
 
 from bptt_cli import problems, results
 from bptt_cli.core import devices
-from bptt_cli.core.plan import MAX_CHUNK, Chunk, Program, device_groups, plan
+from bptt_cli.core.plan import MAX_CHUNK, Chunk, Program, plan
 from bptt_cli.core.spec import RunSpec
 from bptt_cli.runner.build import Built, ProgramCache, build
 from bptt_cli.runner.execute import execute
@@ -90,9 +89,12 @@ def run(
     profile: devices.Profile | None = None,
     progress: ProgressFn | None = None,
     cache: ProgramCache | None = None,
+    rotate: int = 0,
 ) -> Report:
     """Train every run in ``specs`` under ``out`` that no other worker is training: skip finished
-    ones (unless ``force``), resume interrupted ones, leave locked ones to their workers."""
+    ones (unless ``force``), resume interrupted ones, leave locked ones to their workers.
+    ``rotate`` starts at that program of the plan (and wraps around), so that workers sharing a
+    grid start on different programs."""
     profile = profile or devices.current()
     started = time.perf_counter()
     report = Report()
@@ -108,25 +110,26 @@ def run(
         session = _Session(out, profile, report, cache or ProgramCache(), force, progress, work)
         # Full float32 matrix products everywhere (a GPU would otherwise use TF32).
         with _interrupt() as interrupt, jax.default_matmul_precision(profile.matmul_precision):
-            session.train(plan(work, profile, problems.get), interrupt)
+            programs = plan(work, profile, problems.get)
+            first = rotate % len(programs)
+            session.train(programs[first:] + programs[:first], interrupt)
     report.wall_seconds = time.perf_counter() - started
     return report
 
 
 @dataclass
 class _Job:
-    """A program being trained on its group of devices."""
+    """A program being trained."""
 
     built: Built
     chunks: Iterator[Chunk]
     writer: results.ProgramWriter
-    group: int
     started: float
     test_loss: float = float("nan")
 
 
 class _Session:
-    """One ``run`` call: claims, device groups, progress."""
+    """One ``run`` call: claims, progress."""
 
     def __init__(self, out, profile, report, cache, force, progress, work) -> None:
         self.out, self.profile, self.report, self.cache, self.force = out, profile, report, cache, force
@@ -138,31 +141,17 @@ class _Session:
         self.locks: dict[str, results.RunLock] = {}
 
     def train(self, programs: list[Program], interrupt: _Interrupt) -> None:
-        """Claim and train ``programs``, as many at once as there are device groups; their
-        chunks are committed in turn as they land."""
-        every = jax.devices()
-        groups = [[every[i] for i in group] for group in device_groups(len(every), len(programs))]
-        queue = deque((program, False) for program in programs)  # (program, claimed)
-        active: list[_Job] = []
-        free = list(range(len(groups)))
+        """Claim and train ``programs`` one after another, each on every device."""
         try:
-            while active or (queue and not interrupt.requested):
-                while queue and free and not interrupt.requested:
-                    program, claimed = queue.popleft()
-                    if not claimed:
-                        queue.extendleft((part, True) for part in reversed(self._claim(program)))
-                    else:
-                        group = free.pop(0)
-                        active.append(self._start(program, group, groups[group], interrupt))
-                for job in list(active):
-                    chunk = next(job.chunks, None)
-                    if chunk is None:
-                        active.remove(job)
-                        free.append(job.group)
-                        self._finish(job)
-                    else:
+            for program in programs:
+                for part in self._claim(program):
+                    job = self._start(part, interrupt)
+                    for chunk in job.chunks:
                         self._commit(job, chunk)
-            self.report.interrupted = interrupt.requested
+                    self._finish(job)
+                    if interrupt.requested:
+                        self.report.interrupted = True
+                        return
         finally:
             for lock in self.locks.values():
                 lock.release(done=False)  # those of finished runs are released already
@@ -194,12 +183,12 @@ class _Session:
             claimed.append((spec, done))
         return plan(claimed, self.profile, problems.get)
 
-    def _start(self, program: Program, group: int, on: list, interrupt: _Interrupt) -> _Job:
-        """Build the program on its device group and open its runs' files."""
+    def _start(self, program: Program, interrupt: _Interrupt) -> _Job:
+        """Build the program and open its runs' files."""
         self.report.programs.append(program.describe())
         self._tell(f"{program.problem}: compiling")
         saved = results.saved_states(list(program.runs), self.out) if program.start_epoch else {}
-        built = build(program, self.profile, self.cache, saved, on=on)
+        built = build(program, self.profile, self.cache, saved)
         self.report.compile_seconds.update({spec.run_id: built.compile_seconds for spec in program.runs})
         record = results.ProgramRecord(
             slices=built.layout.slices,
@@ -213,7 +202,7 @@ class _Session:
         locks = {spec.run_id: self.locks[spec.run_id] for spec in program.runs}
         writer = results.ProgramWriter(self.out, list(program.runs), record, locks)
         chunks = execute(built, stop=lambda: interrupt.requested, cap=_chunk_cap())
-        return _Job(built, chunks, writer, group, time.time())
+        return _Job(built, chunks, writer, time.time())
 
     def _sidecar(self, built: Built) -> dict:
         """What every run's sidecar records about the program and its devices."""

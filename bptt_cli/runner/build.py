@@ -239,11 +239,9 @@ def _state_shapes(program: Program, problem: ProblemDef) -> dict[Any, tuple[int,
 
 
 def _drawing_ref(drawing: str | None, problem_ref: str) -> str | None:
-    """A drawing reference that resolves from anywhere: a file next to a user's problem file
-    becomes absolute."""
-    if not drawing or ":" not in drawing:
+    """A drawing reference that resolves from anywhere: a file named relative to a user's
+    problem file becomes absolute."""
+    if not drawing or ":" not in drawing or not problems.is_file_ref(problem_ref):
         return drawing
     module, attribute = drawing.rsplit(":", 1)
-    if module.endswith(".py") and not Path(module).is_absolute() and problem_ref.endswith(".py"):
-        module = str((Path(problem_ref).parent / module).resolve())
-    return f"{module}:{attribute}"
+    return f"{problems.canonical_ref(module, Path(problem_ref).parent)}:{attribute}"

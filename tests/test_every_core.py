@@ -1,0 +1,91 @@
+"""Every core: the jax CPU device count a process takes, the worker processes a machine runs,
+and results that do not depend on either (diagnostics included, on several devices)."""
+
+import json
+
+import pandas as pd
+import pytest
+from clitools import cli, definition, metrics
+
+from bptt_cli import results
+from bptt_cli.core import devices
+from bptt_cli.workers import core_groups
+
+
+@pytest.mark.parametrize(
+    ("env", "requested", "expected"),
+    [
+        ({}, None, (6, "one per usable core (6)", True)),
+        ({}, 2, (2, "--devices 2", True)),
+        ({"JAX_NUM_CPU_DEVICES": "3"}, None, (3, "JAX_NUM_CPU_DEVICES", False)),
+        ({"JAX_NUM_CPU_DEVICES": "3"}, 5, (5, "--devices 5", True)),  # the option wins over the variable
+        ({"XLA_FLAGS": "--a=1 --xla_force_host_platform_device_count=4 --b"}, None, (4, "XLA_FLAGS", False)),
+        ({"XLA_FLAGS": "--xla_backend_optimization_level=0"}, None, (6, "one per usable core (6)", True)),
+    ],
+)
+def test_cpu_device_count(env, requested, expected):
+    assert devices.cpu_devices(env, cores=6, requested=requested) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "requested"),
+    [({"JAX_NUM_CPU_DEVICES": "x"}, None), ({"JAX_NUM_CPU_DEVICES": "0"}, None), ({}, 0), ({}, -3)],
+)
+def test_bad_cpu_device_count(env, requested):
+    with pytest.raises(ValueError, match="allowed: a positive integer"):
+        devices.cpu_devices(env, cores=2, requested=requested)
+
+
+def test_usable_cores_follow_the_affinity():
+    import os
+
+    assert devices.usable_cores() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("cores", "n", "groups"),
+    [
+        ([0, 1], 2, [[0], [1]]),
+        ([3, 1, 2, 0], 2, [[0, 1], [2, 3]]),
+        ([0, 1, 2], 2, [[0], [1, 2]]),
+        ([4, 5, 6, 7, 8], 3, [[4], [5, 6], [7, 8]]),
+        ([0, 1], 1, [[0, 1]]),
+    ],
+)
+def test_core_groups_are_disjoint_and_cover(cores, n, groups):
+    assert core_groups(cores, n) == groups
+
+
+def test_same_results_on_1_2_and_3_devices_and_with_workers(tmp_path, jax_cache):
+    """One process on 1, 2 or 3 jax CPU devices (rows sharded, 3 seeds x 2 clips padded to a
+    multiple of the device count), and the default: a worker process per core, each training
+    its own programs. Metrics and gradient diagnostics agree to float32 rounding."""
+    path = definition(tmp_path, epochs=2, seeds=3, diagnostics=True)
+    outputs = {}
+    for label, args in {
+        "1": ["--devices", "1"],
+        "2": ["--devices", "2"],
+        "3": ["--devices", "3"],
+        "workers": [],
+    }.items():
+        out = tmp_path / label
+        result = cli("bptt-run", path, "--out", out, *args, cache=jax_cache, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        outputs[label] = out
+        metas = [json.loads(p.read_text()) for p in (out / "tiny").glob("*.json")]
+        if label == "workers":
+            assert "2 worker processes" in result.stderr
+            assert len({m["history"][0]["worker"] for m in metas}) == 2  # both workers trained
+            assert all(m["devices"] == ["cpu:0"] for m in metas)  # each on its one core
+        else:
+            assert all(len(m["devices"]) == int(label) for m in metas), [m["devices"] for m in metas]
+    reference = metrics(outputs["1"] / "tiny")
+    keys = ["run_id", "seed", "epoch", "t"]
+    reference_diagnostics = results.read_results(outputs["1"], kind="diagnostics").sort_values(keys)
+    assert len(reference_diagnostics) == 4 * 3 * 2 * 101  # runs x seeds x diagnosed epochs (0, 1) x (Nt + 1)
+    for label in ("2", "3", "workers"):
+        pd.testing.assert_frame_equal(metrics(outputs[label] / "tiny"), reference, rtol=1e-6)
+        diagnosed = results.read_results(outputs[label], kind="diagnostics").sort_values(keys)
+        pd.testing.assert_frame_equal(
+            diagnosed.reset_index(drop=True), reference_diagnostics.reset_index(drop=True), rtol=1e-5
+        )
