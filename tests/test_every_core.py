@@ -89,3 +89,26 @@ def test_same_results_on_1_2_and_3_devices_and_with_workers(tmp_path, jax_cache)
         pd.testing.assert_frame_equal(
             diagnosed.reset_index(drop=True), reference_diagnostics.reset_index(drop=True), rtol=1e-5
         )
+
+
+@pytest.mark.parametrize("variable", ["TMPDIR", "SLURM_TMPDIR"])
+def test_a_slurm_array_needs_a_folder_every_task_reaches(variable, tmp_path, jax_cache):
+    private = tmp_path / "private"
+    private.mkdir()
+    extra = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", variable: str(private)}
+    out = private / "results"
+    result = cli("bptt-run", "cartpole", "--out", out, cache=jax_cache, cwd=tmp_path, **extra)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "is in this array task's own temporary space" in result.stderr
+    assert not out.exists()
+    shared = cli(
+        "bptt-run",
+        "cartpole",
+        "--out",
+        tmp_path / "shared",
+        "--dry-run",
+        cache=jax_cache,
+        cwd=tmp_path,
+        **extra,
+    )
+    assert shared.returncode == 0, shared.stderr  # a folder outside it is fine

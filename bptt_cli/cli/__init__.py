@@ -1,0 +1,301 @@
+"""Command-line entry points: ``bptt-run`` trains, ``bptt-plot`` draws.
+
+jax is imported inside the commands, so ``--help`` and input errors answer at once. Every
+error a user can cause ends as one line on stderr and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bptt_cli import config
+from bptt_cli.cli import checks, show
+from bptt_cli.cli.show import err_console, out_console
+from bptt_cli.config import UserError
+from bptt_cli.results import LockError
+
+GROUPINGS = ("auto", "narrow", "wide")
+
+
+run_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+plot_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+@run_app.command(
+    help=(
+        "Train an experiment definition (a built-in NAME or a PATH to a .toml file) with all seeds "
+        "in parallel and write tidy CSV metrics under OUT/<experiment>/. Finished runs are skipped, "
+        "interrupted ones resume; options override the definition's grid."
+    )
+)
+def run(
+    experiment: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="NAME|PATH", help="Built-in experiment name (see --list) or path to a .toml definition."
+        ),
+    ] = None,
+    scale: Annotated[
+        str, typer.Option("--scale", "-s", help="Named scale of the definition: paper, quick, smoke, ...")
+    ] = "paper",
+    seeds: Annotated[int | None, typer.Option(help="Number of init seeds trained in parallel.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per run.")] = None,
+    flow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--flow", "-f", metavar="FLOW", help="Gradient flow R, M, S, C or T<k>; repeat for several."
+        ),
+    ] = None,
+    clip: Annotated[
+        list[str] | None,
+        typer.Option("--clip", "-c", metavar="CLIP", help="Clip mode NONE, VALUE or NORM; repeatable."),
+    ] = None,
+    level: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--level",
+            "-l",
+            metavar="LEVEL",
+            help="Complexity level (poles / rc / target state) from the grid; repeatable.",
+        ),
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="adam, sgd, momentum-0.8/0.9/0.95, adagrad, adadelta, rmsprop.")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--learning-rate", "--lr", help="Learning rate.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Minibatch size; must divide the training set.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="First init seed (seeds SEED ... SEED+SEEDS-1 train in parallel).")
+    ] = None,
+    data_seed: Annotated[
+        int | None, typer.Option(help="Seed of the initial states (shared by all runs).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("results"),
+    force: Annotated[bool, typer.Option("--force", help="Recompute runs that are already complete.")] = False,
+    device: Annotated[str, typer.Option(help="auto (GPU when jax sees one), cpu or gpu.")] = "auto",
+    devices_count: Annotated[
+        int | None,
+        typer.Option(
+            "--devices",
+            metavar="N",
+            help="jax CPU devices to spread programs and rows over [default: one per core this "
+            "process may use, unless JAX_NUM_CPU_DEVICES or XLA_FLAGS set a count].",
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="K/N",
+            help="Train share K of N of the grid (default in a SLURM array: the task's share). "
+            "Workers sharing a results folder never train the same run.",
+        ),
+    ] = None,
+    grouping: Annotated[
+        str,
+        typer.Option(
+            help="How runs share compiled programs: auto (by device), narrow (one per flow and "
+            "shape: the CPU layout) or wide (flows and padded levels merged: the GPU layout)."
+        ),
+    ] = "auto",
+    diagnostics: Annotated[
+        bool | None,
+        typer.Option(
+            "--diagnostics/--no-diagnostics",
+            help="Record gradient diagnostics at epochs 0, 1, 10, 100, 1000 [default: as the "
+            "definition says, on].",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="Worker processes on this machine sharing the grid, each pinned to its own cores "
+            "[default: on a CPU one per usable core, at most one per program; 1 on a GPU or with "
+            "--devices].",
+        ),
+    ] = None,
+    worker: Annotated[str | None, typer.Option(hidden=True)] = None,  # K/N: one of a pool's workers
+    worker_report: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the programs that would run (and an estimate) and stop.")
+    ] = False,
+    list_: Annotated[
+        bool, typer.Option("--list", help="List the built-in experiments and their scales.")
+    ] = False,
+    info: Annotated[bool, typer.Option("--info", help="Print devices and versions.")] = False,
+) -> None:
+    if device.lower() not in DEVICES:
+        raise UserError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    if worker is not None:
+        from bptt_cli import workers as pool
+
+        pool.become_worker()
+    cpu_devices = checks.set_cpu_devices(devices_count)
+    checks.select_device(device.lower())
+    if list_:
+        show.print_list()
+        return
+    if info:
+        show.print_info(cpu_devices)
+        return
+    if experiment is None:
+        raise UserError(
+            "missing experiment; give a built-in name (see bptt-run --list) or a path to a .toml file"
+        )
+
+    exp = config.load(experiment)
+    if exp.problem == "toy":
+        _run_toy(exp, out, force)
+        return
+    if grouping.lower() not in GROUPINGS:
+        raise UserError(f"unknown grouping {grouping!r}; allowed: {', '.join(GROUPINGS)}")
+    specs = config.resolve(
+        exp,
+        scale,
+        diagnostics=diagnostics,
+        levels=level or None,
+        flows=flow or None,
+        clips=clip or None,
+        epochs=epochs,
+        seeds=seeds,
+        seed=seed,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        data_seed=data_seed,
+    )
+    share = checks.shard(shard)
+    from bptt_cli.core import plan
+
+    mine = plan.shard(specs, *share) if share else specs
+    checks.check_shared_out(out, os.environ)
+    checks.check_out(out)
+    checks.check_locks(mine, out)
+    checks.check_problem(specs)
+    from bptt_cli import runner
+    from bptt_cli import workers as pool
+    from bptt_cli.core import devices
+
+    profile = devices.current(grouping.lower())
+    n_workers = (
+        checks.n_workers(workers, profile, cpu_devices, devices_count, mine, out) if worker is None else 1
+    )
+    if worker is None:
+        show.print_plan(exp, scale, specs, out, share, cpu_devices, n_workers)
+    if dry_run:
+        show.print_programs(mine, out, profile, n_workers)
+        return
+
+    if n_workers > 1:
+        with show.progress_bar() as progress:
+            report = pool.run_pool(
+                sys.argv[1:], n_workers, mine, out, show.pool_progress(progress, n_workers)
+            )
+        failed = [(k, code) for k, code in enumerate(report.exit_codes, 1) if code not in (0, 130)]
+        if failed:  # each worker has said why on stderr already
+            if not any(code == 2 for _, code in failed):
+                err_console.print(f"bptt-run: worker {failed[0][0]} failed with exit code {failed[0][1]}")
+            raise typer.Exit(2 if any(code == 2 for _, code in failed) else 1)
+    else:
+        rotate = int(worker.split("/")[0]) - 1 if worker else 0
+        try:
+            with show.progress_bar(enabled=worker is None) as progress:
+                report = runner.run(mine, out, force=force, profile=profile, progress=progress, rotate=rotate)
+        except LockError as err:
+            raise UserError(str(err)) from None
+        if worker_report is not None:
+            pool.write_report(worker_report, report)
+        if worker is not None:
+            raise typer.Exit(130 if report.interrupted else 0)
+    if report.interrupted:
+        err_console.print("interrupted: completed epochs are saved; rerun the same command to resume")
+        raise typer.Exit(130)
+    err_console.print(
+        f"done: {len(report.trained)} run(s) trained, {len(report.found_complete)} found complete, "
+        f"{len(report.left_to_others)} left to other workers"
+        + (f" (share {share[0]}/{share[1]} of {len(specs)})" if share else "")
+        + f"; results in {out / exp.name}",
+        markup=False,
+    )
+
+
+@plot_app.command(
+    help=(
+        "Draw the paper's figures from the CSVs under RESULTS (PNG and PDF into RESULTS/figures) and "
+        "write RESULTS/summary.csv and RESULTS/summary.md; the summary table is printed."
+    )
+)
+def plot(
+    results_dir: Annotated[Path, typer.Argument(help="Folder holding bptt-run outputs.")] = Path("results"),
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Figure folder [default: RESULTS/figures].")
+    ] = None,
+) -> None:
+    if not results_dir.is_dir():
+        raise UserError(f"results folder {str(results_dir)!r} does not exist; run bptt-run first")
+    figures = out or results_dir / "figures"
+    checks.check_out(figures, locks=False)
+
+    from bptt_cli import plotting
+
+    written = plotting.plot_all(results_dir, figures)
+    if not written:
+        raise UserError(f"no bptt-run results found under {str(results_dir)!r}")
+    for path in written:
+        err_console.print(f"wrote {path}")
+    summary_md = results_dir / "summary.md"
+    if summary_md.exists():
+        out_console.print(summary_md.read_text())
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _run_toy(exp, out: Path, force: bool) -> None:
+    checks.check_out(out, locks=False)
+    from bptt_cli import toy
+
+    written = toy.run(out / exp.name, force=force)
+    for path in written:
+        err_console.print(f"wrote {path}")
+    if not written:
+        err_console.print(f"toy fields already in {out / exp.name} (--force recomputes them)")
+
+
+def _main(app: typer.Typer, prog: str) -> None:
+    """Run a Typer app so that every input error is ONE line and exit code 2."""
+    try:
+        code = app(prog_name=prog, standalone_mode=False)
+    except UserError as err:
+        err_console.print(f"{prog}: error: {err}", markup=False)
+        sys.exit(2)
+    except typer.Abort:
+        err_console.print(f"{prog}: aborted", markup=False)
+        sys.exit(130)
+    except Exception as err:
+        # Click's usage errors (bad option, bad value), whichever click typer ships with.
+        if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+            raise
+        err_console.print(f"{prog}: error: {err.format_message()}", markup=False)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def run_main() -> None:
+    _main(run_app, "bptt-run")
+
+
+def plot_main() -> None:
+    _main(plot_app, "bptt-plot")

@@ -1,0 +1,132 @@
+"""The run command's checks of its input and environment, each ending as one ``UserError``
+line (exit code 2) before anything is written: device counts and devices, output folders, lock
+files, shards, a problem's contract; and how many worker processes this machine runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bptt_cli.config import UserError
+from bptt_cli.results import LockError
+
+
+def set_cpu_devices(requested: int | None) -> tuple[int, str]:
+    """Give jax one CPU device per usable core (or the count asked for), before it is imported:
+    jax reads ``JAX_NUM_CPU_DEVICES`` when it starts. Returns the count and why."""
+    from bptt_cli.core import devices
+
+    try:
+        count, why, ours = devices.cpu_devices(os.environ, devices.usable_cores(), requested)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if ours:
+        os.environ["JAX_NUM_CPU_DEVICES"] = str(count)
+    return count, why
+
+
+def select_device(device: str) -> None:
+    """Must run before jax is imported by anything: JAX_PLATFORMS is read at start-up."""
+    if device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    elif device == "gpu":
+        # jax already prefers a GPU when it has one; here we only refuse to fall back to the CPU.
+        import jax
+
+        try:
+            jax.devices("gpu")
+        except Exception:  # jax raises RuntimeError, or asserts when every backend is filtered out
+            raise UserError(
+                "device 'gpu' requested but jax sees no GPU (install the CUDA build: make install where nvidia-smi works, or pip install 'bptt-cli[gpu]'); "
+                "allowed here: auto, cpu"
+            ) from None
+
+
+def check_out(folder: Path, locks: bool = True) -> None:
+    from bptt_cli.results import check_writable, probe_locks
+
+    try:
+        check_writable(folder)
+    except PermissionError as err:
+        raise UserError(
+            f"output folder {str(folder)!r} is not writable ({err} is not a writable folder)"
+        ) from None
+    if locks:
+        try:
+            probe_locks(folder)
+        except LockError as err:
+            raise UserError(str(err)) from None
+
+
+def check_shared_out(folder: Path, env) -> None:
+    """In a SLURM array every task must reach the one results folder: refuse a folder inside
+    the task's own temporary space (``TMPDIR``/``SLURM_TMPDIR`` where SLURM gives each job its
+    own, or ``/dev/shm``), where each task would train the whole grid alone."""
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        return
+    resolved = folder.resolve()
+    private = [
+        (name, env[name]) for name in ("SLURM_TMPDIR", "TMPDIR") if env.get(name) not in (None, "", "/tmp")
+    ]
+    for name, place in [*private, ("/dev/shm", "/dev/shm")]:
+        if resolved.is_relative_to(Path(place).resolve()):
+            where = place if name == place else f"${name} = {place}"
+            raise UserError(
+                f"results folder {str(folder)!r} is in this array task's own temporary space ({where}); "
+                "allowed: a folder every array task can reach (e.g. under the submit directory)"
+            )
+
+
+def check_locks(specs, out: Path) -> None:
+    """Refuse lock files that are unreadable or not ours before anything is printed or written."""
+    from bptt_cli.results import RunFiles, check_lock_file
+
+    try:
+        for spec in specs:
+            check_lock_file(RunFiles.of(out / spec.experiment, spec.run_id).lock)
+    except LockError as err:
+        raise UserError(str(err)) from None
+
+
+def shard(text: str | None) -> tuple[int, int] | None:
+    from bptt_cli.core import plan
+
+    try:
+        if text is not None:
+            return plan.parse_shard(text)
+        return plan.shard_from_environment(dict(os.environ))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def check_problem(specs) -> None:
+    """Evaluate each problem's contract abstractly, once per (problem, level), before training."""
+    from bptt_cli import problems
+
+    seen = set()
+    for spec in specs:
+        key = (spec.problem_ref, spec.level, spec.options)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            problems.check(problems.get(spec.problem_ref), spec.level, dict(spec.options))
+        except problems.ProblemError as err:
+            raise UserError(str(err)) from None
+
+
+def n_workers(asked: int | None, profile, cpu_devices, devices_count, specs, out: Path) -> int:
+    """Worker processes for this machine: as asked (at most one per usable core), else on a CPU
+    whose device count we chose one per core, at most one per program; else 1."""
+    from bptt_cli import problems, runner
+    from bptt_cli.core import devices, plan
+
+    if asked is not None and asked < 1:
+        raise UserError(f"invalid workers {asked}; allowed: a positive integer")
+    cores = devices.usable_cores()
+    if asked is not None:
+        return min(asked, cores)
+    if profile.platform != "cpu" or devices_count is not None or not cpu_devices[1].startswith("one per"):
+        return 1
+    programs = plan.plan(runner.pending_work(specs, out), profile, problems.get)
+    return max(1, min(cores, len(programs)))
