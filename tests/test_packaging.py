@@ -70,7 +70,7 @@ def test_every_module_is_shipped(wheel):
         for path in (ROOT / "bptt_cli").rglob("*.py")
         if "__pycache__" not in path.parts
     }
-    assert {"bptt_cli/cli.py", "bptt_cli/plotting/__init__.py"} <= modules
+    assert {"bptt_cli/cli/__init__.py", "bptt_cli/plotting/__init__.py"} <= modules
     assert modules <= names, f"missing from the wheel (pyproject.toml packages?): {sorted(modules - names)}"
 
 

@@ -1,4 +1,5 @@
-"""The redesigned runner gives the metrics of the release before it (to float32 rounding):
+"""The redesigned runner gives the metrics of the release before it (to float32 rounding, as
+the grouping tests allow: XLA may split a reduction differently from one process to the next):
 every flow, T<k> included, two clip modes and two levels of each paper problem.
 
 The grid is trained in a subprocess with XLA's default optimizations, as the stored values were
@@ -35,6 +36,6 @@ def test_metrics_equal_the_previous_release(problem, tmp_path):
         now[previous_release.METRICS],
         before[previous_release.METRICS],
         check_exact=False,
-        rtol=1e-6,
-        atol=1e-9,
+        rtol=2e-5,
+        atol=1e-7,
     )

@@ -11,7 +11,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_library_example_runs_and_matches_the_flow_api():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    example = next(b for b in blocks if "flows.value_and_grad" in b)
+    example = next(b for b in blocks if "bptt_cli.value_and_grad" in b)
     scope: dict = {}
     exec(compile(example, "README.md", "exec"), scope)
     value, grads = scope["value"], scope["grads"]
