@@ -2,7 +2,7 @@
 
 The runs still to train are grouped into programs (``core.plan``). Each program's runs are
 claimed with lock files (so that several workers can share one grid and one results folder),
-built for a group of devices (``build``), executed as a stream of chunks (``execute``) and
+built on the process's devices (``build``), executed as a stream of chunks (``execute``) and
 every chunk is committed to the runs' files (``results``) as it lands, so a kill loses at
 most the chunks in flight and a rerun resumes exactly where the checkpoints end. A program's
 rows are sharded over every device of the process; to train several programs at once on a

@@ -79,12 +79,11 @@ def build(
     profile: devices.Profile,
     cache: ProgramCache | None = None,
     saved: dict[str, list[np.ndarray]] | None = None,
-    on: Sequence[jax.Device] | None = None,
 ) -> Built:
-    """Compile ``program`` for the devices ``on`` (default: all), its rows sharded over them;
-    ``saved`` maps run ids to checkpointed state leaves to resume from."""
+    """Compile ``program`` with its rows sharded over every device of the process; ``saved``
+    maps run ids to checkpointed state leaves to resume from."""
     cache = cache if cache is not None else ProgramCache()
-    on = tuple(on or jax.devices())
+    on = tuple(jax.devices())
     problem = problems.get(program.problem_ref)
     task_of, data, n_steps = _task_source(program, problem)
     layout = RowLayout.of(program, len(on))
