@@ -9,6 +9,7 @@ BIN    := $(VENV)/bin
 SEEDS  ?= 3
 OUT    ?= results
 PAPER  := cartpole guidance quantum
+NORM_OUT ?= results/paper-norm
 BEYOND := lqr pendulum
 
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
@@ -22,7 +23,7 @@ JAX_EXTRA :=
 endif
 STAMP := $(VENV)/.installed-$(JAX_BUILD)
 
-.PHONY: install test test-all test-lowest slurm-test reproduce beyond quick smoke bench lint format clean
+.PHONY: install test test-all test-lowest slurm-test reproduce paper-norm beyond quick smoke bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +74,15 @@ reproduce: install  ## the whole paper: toy figures, three grids at paper scale,
 	$(BIN)/bptt-run toy --out $(OUT)
 	for e in $(PAPER); do $(BIN)/bptt-run $$e --scale paper --seeds $(SEEDS) --out $(OUT) || exit $$?; done
 	$(BIN)/bptt-plot $(OUT)
+
+# One clip mode of the paper grid at full length, what a 2-core machine can do: cart-pole (1-4
+# poles) and guidance (4 rc) complete, quantum's n = 4 panel; the README's leading figures.
+paper-norm: install  ## the paper's figures at full length for clip NORM (cart-pole, guidance, quantum n = 4) into docs/
+	$(BIN)/bptt-run cartpole --scale paper --clip NORM --seeds $(SEEDS) --out $(NORM_OUT)
+	$(BIN)/bptt-run guidance --scale paper --clip NORM --seeds $(SEEDS) --out $(NORM_OUT)
+	$(BIN)/bptt-run quantum --scale paper --clip NORM --level 4 --seeds $(SEEDS) --out $(NORM_OUT)
+	$(BIN)/bptt-plot $(NORM_OUT)
+	for f in cartpole guidance quantum; do cp $(NORM_OUT)/figures/$$f.png docs/$${f}_paper_norm.png; done
 
 beyond: install  ## the experiments beyond the paper (LQR with its optimum, chained pendulum) at full scale
 	for e in $(BEYOND); do $(BIN)/bptt-run $$e --scale paper --seeds $(SEEDS) --out $(OUT) || exit $$?; done
