@@ -57,24 +57,33 @@ def explicit_feedback(task, theta, x0, flow):
 
 
 def explicit_jacobians(task, theta, x0):
-    """Largest singular values from ``jnp.linalg.svd`` of ``jax.jacobian``, state by state."""
+    """Largest singular values from ``jnp.linalg.svd`` of ``jax.jacobian``, state by state: per
+    step (physics, closed loop), and of the plain running products of those Jacobians in log10
+    (median over the batch, then log10)."""
     size = x0[0].size
 
     @jax.jit
-    def sigma(x):  # one state: the physics Jacobian at its control, and the closed loop's
+    def jacobians(x):  # one state: the physics Jacobian at its control, and the closed loop's
         u = task.controller(theta, x)
         j_p = jax.jacobian(task.step, argnums=0)(x, u).reshape(size, size)
         j_c = jax.jacobian(lambda s: task.step(s, task.controller(theta, s)))(x).reshape(size, size)
-        return jnp.linalg.svd(j_p, compute_uv=False)[0], jnp.linalg.svd(j_c, compute_uv=False)[0], u
+        return j_p, j_c, u
 
-    physics, closed = [], []
+    def sigma(m):
+        return np.linalg.svd(np.asarray(m), compute_uv=False)[0]
+
+    physics, closed, sens_physics, sens_closed = [], [], [], []
+    products = [(np.eye(size), np.eye(size)) for _ in range(x0.shape[0])]
     x = x0
     for _ in range(task.n_steps):
-        per_state = [sigma(x[b]) for b in range(x.shape[0])]
-        physics.append(np.median([p for p, _, _ in per_state]))
-        closed.append(np.median([c for _, c, _ in per_state]))
+        per_state = [jacobians(x[b]) for b in range(x.shape[0])]
+        products = [(j_p @ p, j_c @ c) for (j_p, j_c, _), (p, c) in zip(per_state, products, strict=True)]
+        physics.append(np.median([sigma(p) for p, _, _ in per_state]))
+        closed.append(np.median([sigma(c) for _, c, _ in per_state]))
+        sens_physics.append(np.log10(np.median([sigma(p) for p, _ in products])))
+        sens_closed.append(np.log10(np.median([sigma(c) for _, c in products])))
         x = jax.vmap(task.step)(x, jnp.stack([u for _, _, u in per_state]))
-    return np.asarray(physics), np.asarray(closed)
+    return tuple(np.asarray(v) for v in (physics, closed, sens_physics, sens_closed))
 
 
 @pytest.mark.parametrize("name", ["cartpole", "guidance"])
@@ -89,9 +98,15 @@ def test_feedback_and_jacobians_against_explicit_computations(name, x64):
         np.testing.assert_allclose(
             got[f"grad_norm_{flow}"], explicit_feedback(task, theta, x0, flow), rtol=1e-10
         )
-    physics, closed = explicit_jacobians(task, theta, x0)
+    physics, closed, sens_physics, sens_closed = explicit_jacobians(task, theta, x0)
     np.testing.assert_allclose(got["jac_physics"], physics, rtol=1e-10)
     np.testing.assert_allclose(got["jac_closed_loop"], closed, rtol=1e-10)
+    np.testing.assert_allclose(got["log10_sensitivity_physics"], sens_physics, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got["log10_sensitivity_closed_loop"], sens_closed, rtol=1e-9, atol=1e-12)
+    # The product's norm never exceeds the product of the norms (up to rounding).
+    for kind in ("physics", "closed_loop"):
+        bound = diagnostics.log10_growth(np.asarray(got[f"jac_{kind}"]))
+        assert np.all(np.asarray(got[f"log10_sensitivity_{kind}"]) <= bound + 1e-9)
     assert not np.allclose(got["grad_norm_R"], got["grad_norm_M"])  # dN/dx matters here
     assert not np.allclose(got["jac_physics"], got["jac_closed_loop"])
 
@@ -140,6 +155,44 @@ def test_zero_last_layer_makes_r_equal_m_at_epoch_0(name):
     got = diagnose(task, task.init_controller(jax.random.key(6)), x0)
     np.testing.assert_array_equal(got["grad_norm_R"], got["grad_norm_M"])
     np.testing.assert_array_equal(got["jac_closed_loop"], got["jac_physics"])
+    np.testing.assert_array_equal(got["log10_sensitivity_closed_loop"], got["log10_sensitivity_physics"])
+
+
+@pytest.mark.parametrize("a", [1.0, 1.3])
+def test_lqr_sensitivity_is_the_hand_computed_product(a, x64):
+    """The LQR's Jacobians are known: ``A`` (the simulator) and ``A + B·K`` (the closed loop),
+    the same for every state. ``A`` is ``a`` times a rotation, so ``‖A^(t+1)‖ = a^(t+1)``; the
+    closed loop's product is a matrix power. The bound (the running product of per-step norms)
+    is far above the truth for this non-normal closed loop."""
+    problem = problems.get("lqr")
+    task = problem.make_task(a, dict(problem.default_options))
+    k = np.array([[0.3, -0.8, 0.1, -0.5]])
+    theta = {"K": jnp.asarray(k)}
+    x0 = task.sample_data(jax.random.key(1), 3)[1].astype(jnp.float64)
+    got = diagnose(task, theta, x0)
+    a_matrix = np.asarray(jax.jacobian(task.step)(x0[0], jnp.float64(0.0)))
+    b = np.asarray(jax.jacobian(task.step, argnums=1)(x0[0], jnp.float64(0.0)))
+    closed = a_matrix + np.outer(b, k)
+    t = np.arange(1, task.n_steps + 1)
+    np.testing.assert_allclose(got["log10_sensitivity_physics"], t * np.log10(a), atol=1e-9)
+    truth = [np.log10(np.linalg.norm(np.linalg.matrix_power(closed, n), 2)) for n in t]
+    np.testing.assert_allclose(got["log10_sensitivity_closed_loop"], truth, rtol=1e-9, atol=1e-9)
+    bound = diagnostics.log10_growth(np.asarray(got["jac_closed_loop"]))
+    assert bound[-1] > truth[-1] + 1.0  # a loose bound: more than a decade above the truth
+
+
+def test_sensitivity_neither_overflows_nor_underflows():
+    """In float32, 400 steps of the LQR's open loop (K = 0: the product is A^t, of norm a^t)
+    leave float32's range (10^±38) for a = 1.3 and a = 0.5; the rescaled product does not."""
+    problem = problems.get("lqr")
+    for a in (1.3, 0.5):
+        task = dataclasses.replace(problem.make_task(a, dict(problem.default_options)), n_steps=400)
+        x0 = task.sample_data(jax.random.key(1), 2)[1]
+        got = diagnose(task, task.init_controller(jax.random.key(0)), x0)
+        expected = np.arange(1, 401) * np.log10(a)
+        assert abs(expected[-1]) > 38
+        for kind in ("physics", "closed_loop"):
+            np.testing.assert_allclose(got[f"log10_sensitivity_{kind}"], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_quantum_physics_is_unitary():
@@ -148,6 +201,7 @@ def test_quantum_physics_is_unitary():
     x0 = task.sample_data(jax.random.key(8), 3)[1]
     got = diagnose(task, task.init_controller(jax.random.key(9)), x0)
     np.testing.assert_allclose(got["jac_physics"], 1.0, atol=5e-6)
+    np.testing.assert_allclose(got["log10_sensitivity_physics"], 0.0, atol=1e-5)  # unitary products
     assert np.all(got["jac_closed_loop"] > 1.0 + 1e-4)  # the CNN's feedback is not unitary
 
 
@@ -188,10 +242,10 @@ def test_runner_writes_diagnostics_and_new_metric_columns(tmp_path):
     diag = results.read_results(tmp_path / "out", kind="diagnostics")
     n_steps = 100
     assert len(diag) == 4 * 2 * 3 * (n_steps + 1)  # runs × seeds × diagnosed epochs × t
-    assert list(diag.columns[-7:]) == ["t", *diagnostics.COLUMNS]
+    assert list(diag.columns[-9:]) == ["t", *diagnostics.COLUMNS]
     assert sorted(diag["epoch"].unique()) == [0, 2, 3]
     last = diag[diag["t"] == n_steps]
-    assert last[["jac_physics", "log10_growth_closed_loop"]].isna().all().all()
+    assert last[["jac_physics", "log10_growth_closed_loop", "log10_sensitivity_physics"]].isna().all().all()
     assert last["grad_norm_R"].notna().all()
     first = diag[diag["epoch"] == 0]
     assert (first["grad_norm_R"] == first["grad_norm_M"]).all()

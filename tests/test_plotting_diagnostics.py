@@ -73,8 +73,11 @@ def write_metrics(folder: Path, info: dict, seeds=(0, 1), epochs: int = 40) -> P
     return path
 
 
-def write_diagnostics(folder: Path, info: dict, seeds=(0, 1), epochs=DIAGNOSED_EPOCHS) -> Path:
-    """``<run_id>.diagnostics.csv`` as the runner writes it (SPEC §14)."""
+def write_diagnostics(
+    folder: Path, info: dict, seeds=(0, 1), epochs=DIAGNOSED_EPOCHS, sensitivity: bool = True
+) -> Path:
+    """``<run_id>.diagnostics.csv`` as the runner writes it (SPEC §14); without ``sensitivity``
+    as releases before the true growth was recorded wrote it."""
     rng = rng_for(info)
     rows = []
     for seed in seeds:
@@ -99,6 +102,16 @@ def write_diagnostics(folder: Path, info: dict, seeds=(0, 1), epochs=DIAGNOSED_E
                         "jac_closed_loop": np.nan if last else closed[t],
                         "log10_growth_physics": np.nan if last else growth_physics[t],
                         "log10_growth_closed_loop": np.nan if last else growth_closed[t],
+                        **(
+                            {
+                                "log10_sensitivity_physics": np.nan if last else growth_physics[t] - 0.1 * t,
+                                "log10_sensitivity_closed_loop": np.nan
+                                if last
+                                else growth_closed[t] - 0.2 * t,
+                            }
+                            if sensitivity
+                            else {}
+                        ),
                     }
                 )
     path = folder / f"{info['run_id']}.diagnostics.csv"
@@ -202,6 +215,44 @@ def test_diagnostics_figure(tmp_path):
     assert [p.name for p in written] == ["cartpole_diagnostics.png", "cartpole_diagnostics.pdf"]
     assert_figure(written[0], 60_000)
     assert diagnostics.plot_diagnostics("other", frame, tmp_path / "figures") == []
+
+
+def drawn_growth_panel(monkeypatch, experiment: str, frame: pd.DataFrame, tmp_path: Path):
+    """The lines of the first row's growth panel (b) as plot_diagnostics draws them."""
+    figures = []
+    monkeypatch.setattr(diagnostics, "save_figure", lambda fig, out_dir, name: figures.append(fig) or [])
+    diagnostics.plot_diagnostics(experiment, frame, tmp_path)
+    (figure,) = figures
+    return [line for line in figure.axes[1].get_lines() if len(line.get_xdata()) > 2]
+
+
+def test_growth_panel_draws_the_true_growth_and_its_bound_faded(tmp_path, monkeypatch):
+    info = config("g", "cartpole", "n_poles", "2", "C", "NORM")
+    path = write_diagnostics(tmp_path, info, seeds=(0, 1, 2))
+    frame = results.read_results(tmp_path, kind="diagnostics")
+    lines = drawn_growth_panel(monkeypatch, "g", frame, tmp_path)
+    raw = pd.read_csv(path)
+    last = raw[raw["epoch"] == DIAGNOSED_EPOCHS[-1]]
+
+    def median(column):
+        return last.groupby("t")[column].median().to_numpy()
+
+    thick = [line for line in lines if line.get_alpha() is None]
+    faded = [line for line in lines if line.get_alpha() is not None]
+    assert len(thick) == len(faded) == 2 * 2  # physics and closed loop, first and last epoch
+    for kind in ("physics", "closed_loop"):
+        assert any(
+            np.allclose(line.get_ydata(), median(f"log10_sensitivity_{kind}"), equal_nan=True)
+            for line in thick
+        )
+        assert any(
+            np.allclose(line.get_ydata(), median(f"log10_growth_{kind}"), equal_nan=True) for line in faded
+        )
+    # Results written before the true growth existed: the bound alone, no error.
+    old = tmp_path / "old"
+    write_diagnostics(old, info, seeds=(0, 1, 2), sensitivity=False)
+    lines = drawn_growth_panel(monkeypatch, "g", results.read_results(old, kind="diagnostics"), tmp_path)
+    assert len(lines) == 4 and all(line.get_alpha() is not None for line in lines)
 
 
 def test_diagnostics_of_one_epoch_one_seed_and_a_diverged_run(tmp_path):

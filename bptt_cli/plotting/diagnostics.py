@@ -6,14 +6,17 @@ Each file holds one row per (seed, diagnosed epoch, t) with the configuration co
 (experiment, run_id, problem, level_key, level, flow, clip), seed, epoch, t = 0 … Nt,
 ``grad_norm_R`` / ``grad_norm_M`` (median over a batch of |∂L/∂x_t| for flows R and M),
 ``jac_physics`` / ``jac_closed_loop`` (largest singular value of one step's Jacobian, empty at
-t = Nt) and ``log10_growth_physics`` / ``log10_growth_closed_loop`` (running sums of their log10).
+t = Nt), ``log10_growth_physics`` / ``log10_growth_closed_loop`` (running sums of their log10:
+an upper bound) and ``log10_sensitivity_physics`` / ``log10_sensitivity_closed_loop`` (log10 of
+the largest singular value of the Jacobian product itself: the true growth; results written
+before these columns existed draw the bound alone).
 
 The figure ``<experiment>_diagnostics.png/.pdf`` has one row per level, in the order of the
 experiment's main figure, and two panels per row for one trained controller (C if there is one,
 else R, else another flow; clip NORM, else VALUE, else NONE), at its first and last diagnosed
-epoch: (a) the gradient reaching each step under R and M, (b) the running product of the
-per-step largest singular values through the simulator alone and through the closed loop: an
-upper bound on how much a perturbation can grow since t = 0.
+epoch: (a) the gradient reaching each step under R and M, (b) how much a perturbation of x_0
+can grow by step t, through the simulator alone and through the closed loop: the true growth
+(thick), and beside it, thin and faded, the bound (the product of the per-step norms).
 """
 
 from __future__ import annotations
@@ -36,10 +39,15 @@ GRADIENTS = {
     # white and where it coincides with R (at epoch 0 with a zeroed last layer).
     "grad_norm_M": ("M: network's input Jacobian cut", FLOW_COLOURS["M"], 1.3, "#7a5c00"),
 }
-GROWTHS = {
-    "log10_growth_physics": ("simulator alone (∂S/∂x)", "#118ab2"),
-    "log10_growth_closed_loop": ("closed loop (∂S/∂x + ∂S/∂u·∂N/∂x)", "#6a4c93"),
+GROWTHS = {  # the true growth, and its bound (a thin, faded line of the same colour)
+    "log10_sensitivity_physics": ("simulator alone (∂S/∂x)", "#118ab2", "log10_growth_physics"),
+    "log10_sensitivity_closed_loop": (
+        "closed loop (∂S/∂x + ∂S/∂u·∂N/∂x)",
+        "#6a4c93",
+        "log10_growth_closed_loop",
+    ),
 }
+BOUND_STYLE = {"lw": 0.9, "alpha": 0.45}
 EPOCH_STYLES = ("--", "-")  # first diagnosed epoch, last diagnosed epoch
 
 
@@ -89,22 +97,31 @@ def plot_diagnostics(experiment: str, frame: pd.DataFrame, out_dir: Path) -> lis
         grad_ax.legend(handles=_legend(GRADIENTS, styles, edge=True), fontsize=7, loc="best")
 
         growth_ax.axhline(0.0, color="0.5", lw=0.8)
-        for column, (_, colour) in GROWTHS.items():
+        for column, (_, colour, bound) in GROWTHS.items():
             for epoch, style in styles.items():
-                t, q25, q50, q75 = _quartiles(run[run["epoch"] == epoch], column, positive=False)
-                growth_ax.plot(t, q50, color=colour, ls=style, lw=1.6)
+                at = run[run["epoch"] == epoch]
+                t, _, b50, _ = _quartiles(at, bound, positive=False)
+                growth_ax.plot(t, b50, color=colour, ls=style, **BOUND_STYLE)
+                if column not in at:  # written before the true growth was recorded
+                    continue
+                t, q25, q50, q75 = _quartiles(at, column, positive=False)
+                growth_ax.plot(t, q50, color=colour, ls=style, lw=1.8)
                 if run["seed"].nunique() > 1:
                     growth_ax.fill_between(t, q25, q75, color=colour, alpha=0.18, lw=0)
-        growth_ax.set_title(f"(b) Jacobian growth — {where}\n{controller}", fontsize=10)
+        growth_ax.set_title(f"(b) Growth of a perturbation of x₀ — {where}\n{controller}", fontsize=10)
         growth_ax.set_xlabel("time step t")
-        growth_ax.set_ylabel("log10 of the largest possible\ngrowth of a perturbation since t = 0")
+        growth_ax.set_ylabel("log10 ‖∂x_t / ∂x_0‖₂")
         growth_ax.grid(True, alpha=0.3)
-        growth_ax.legend(handles=_legend(GROWTHS, styles, edge=False), fontsize=7, loc="best")
+        handles = _legend(GROWTHS, styles, edge=False)
+        handles.insert(
+            len(GROWTHS), Line2D([], [], color="0.3", label="bound: Π per-step norms", **BOUND_STYLE)
+        )
+        growth_ax.legend(handles=handles, fontsize=7, loc="best")
 
     band = f"median over {n_seeds} seeds, band = interquartile range" if n_seeds > 1 else "one seed"
     fig.suptitle(
         f"Gradient diagnostics ({experiment}): {band}\n"
-        "(b) multiplies each step's largest singular value: an upper bound on a perturbation's growth. "
+        "(b) thick: the true growth ‖J_t⋯J_0‖₂; thin and faded: its bound, the product of each step's ‖J‖₂. "
         "The simulator alone near 0 means its own Jacobians are balanced.",
         fontsize=10,
     )
