@@ -183,7 +183,9 @@ def run(
     checks.check_shared_out(out, os.environ)
     checks.check_out(out)
     checks.check_locks(mine, out)
-    checks.check_problem(specs)
+    if worker is None:  # a worker's parent has checked the problem already
+        for warning in checks.check_problem(specs):
+            err_console.print(f"bptt-run: warning: {warning}", markup=False)
     from bptt_cli import runner
     from bptt_cli import workers as pool
     from bptt_cli.core import devices

@@ -99,20 +99,44 @@ def shard(text: str | None) -> tuple[int, int] | None:
         raise UserError(str(err)) from None
 
 
-def check_problem(specs) -> None:
-    """Evaluate each problem's contract abstractly, once per (problem, level), before training."""
+def check_problem(specs) -> list[str]:
+    """Each problem's contract, once per (problem, level, options), before training: evaluated
+    abstractly for every problem; for a user's problem (not a built-in) also every
+    transformation the run will apply and, on a few data states, whether ``step``'s gradients
+    are dead. Returns the warnings (one line each); a broken contract is a ``UserError``."""
     from bptt_cli import problems
 
-    seen = set()
+    seen, traced, warnings = set(), set(), []
     for spec in specs:
         key = (spec.problem_ref, spec.level, spec.options)
         if key in seen:
             continue
         seen.add(key)
+        problem = problems.get(spec.problem_ref)
         try:
-            problems.check(problems.get(spec.problem_ref), spec.level, dict(spec.options))
+            problems.check(problem, spec.level, dict(spec.options))
+            if spec.problem_ref in problems.NAMES:
+                continue  # the built-in problems are tested
+            # A level that is not static is traced: one abstract trace serves every level.
+            at = (spec.problem_ref, spec.level if problem.level_is_static else None, spec.options)
+            if at not in traced:
+                traced.add(at)
+                same = [
+                    s
+                    for s in specs
+                    if (s.problem_ref, s.level if problem.level_is_static else None, s.options) == at
+                ]
+                problems.check_transforms(
+                    problem,
+                    spec.level,
+                    dict(spec.options),
+                    flows=[s.flow for s in same],
+                    diagnostics=any(s.diagnostics for s in same),
+                )
+            warnings += problems.dead_gradients(problem, spec.level, dict(spec.options))
         except problems.ProblemError as err:
             raise UserError(str(err)) from None
+    return warnings
 
 
 def n_workers(asked: int | None, profile, cpu_devices, devices_count, specs, out: Path) -> int:
