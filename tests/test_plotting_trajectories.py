@@ -104,16 +104,9 @@ def test_frame_drawings_draw_one_state(name, level):
     drawing.frame(axes[2], np.full_like(xs[0], np.nan), us[0])  # a diverged run
     first_limits = axes[0].get_xlim(), axes[0].get_ylim()
     axes[0].clear()
-    drawing.frame(axes[0], xs[0], us[0])
-    assert (axes[0].get_xlim(), axes[0].get_ylim()) == first_limits  # a fixed view
-    # A cart far down the track: the frame widens its view, extent covers the whole trajectory.
-    far = xs.copy()
-    far[-1, 0, 0] = 10.0
-    x_min, x_max, y_min, y_max = drawing.extent(far)
-    reach = 1.0 if name == "cartpole" else 0.5 * int(level)  # poles of 1.0; a chain of links of 0.5
-    assert x_min <= -3.0 and x_max > 10.0 + reach and y_min < -reach and y_max > reach
-    assert drawing.extent(np.full_like(xs, np.nan)) is None
-    # cart, one line per pole (cart-pole) or the chain plus a mass per link (pendulum), force arrow
+    drawing.frame(axes[0], xs[4], us[4])
+    assert (axes[0].get_xlim(), axes[0].get_ylim()) == first_limits  # the view depends on the state only
+    # cart, one line per pole or link, force arrow
     assert len(axes[0].patches) >= 2 and len(axes[0].lines) >= int(level)
     assert len(axes[1].patches) == 1  # no force arrow without a control
     assert any("diverged" in text.get_text() for text in axes[2].texts)
@@ -123,14 +116,46 @@ def test_frame_drawings_draw_one_state(name, level):
     assert buffer.tell() > 5_000
 
 
-def test_pendulum_tips_follow_the_chain():
+def test_cartpole_view_covers_the_whole_track_travelled():
+    """Cart-pole's frames share one view: extent covers every cart position of a trajectory."""
+    xs, _ = states("cartpole", "3", 10, np.random.default_rng(0))
+    far = xs.copy()
+    far[-1, 0, 0] = 10.0
+    x_min, x_max, y_min, y_max = drawings.cartpole.extent(far)
+    assert x_min <= -3.0 and x_max > 10.0 + 1.0 and y_min < -1.0 and y_max > 1.0
+    assert drawings.cartpole.extent(np.full_like(xs, np.nan)) is None
+
+
+@pytest.mark.parametrize("n_links", [1, 2, 3])
+def test_pendulum_frame_is_centred_on_the_cart_at_equal_aspect(n_links):
+    """However far the cart drives, the chain fills the frame: centred on the cart, as tall and
+    wide as the chain is long (no shared extent that would shrink links to dots)."""
+    assert not hasattr(drawings.pendulum, "extent")
+    x = np.zeros((1 + n_links, 2))
+    x[0, 0] = -12.5
+    fig, ax = plt.subplots()
+    drawings.pendulum.frame(ax, x, np.array([1.0]))
+    (x_low, x_high), (y_low, y_high) = ax.get_xlim(), ax.get_ylim()
+    reach = 0.5 * n_links
+    assert (x_low + x_high) / 2 == pytest.approx(-12.5) and (y_low + y_high) / 2 == pytest.approx(0.0)
+    assert reach < x_high - (-12.5) < reach + 0.5 and reach < y_high < reach + 0.5
+    assert ax.get_aspect() == 1.0
+    assert any("cart at x = -12.50" in text.get_text() for text in ax.texts)
+    plt.close(fig)
+
+
+def test_pendulum_links_follow_the_chain_with_their_joints():
     x = np.array([[0.3, 0.0], [0.0, 0.0], [np.pi / 2, 0.0]])
     fig, ax = plt.subplots()
     drawings.pendulum.frame(ax, x, np.array([0.0]))
-    chain = next(line for line in ax.lines if len(line.get_xdata()) == 3)
+    links = [line for line in ax.lines if line.get_linewidth() == 3.5]
     # link 1 straight up from the cart at x = 0.3, link 2 pointing right
-    np.testing.assert_allclose(chain.get_xdata(), [0.3, 0.3, 0.8])
-    np.testing.assert_allclose(chain.get_ydata(), [0.0, 0.5, 0.5], atol=1e-12)
+    np.testing.assert_allclose(links[0].get_xydata(), [[0.3, 0.0], [0.3, 0.5]], atol=1e-12)
+    np.testing.assert_allclose(links[1].get_xydata(), [[0.3, 0.5], [0.8, 0.5]], atol=1e-12)
+    hinges = next(
+        line for line in ax.lines if line.get_markerfacecolor() == "white" and len(line.get_xdata()) == 2
+    )
+    np.testing.assert_allclose(hinges.get_xydata(), [[0.3, 0.0], [0.3, 0.5]], atol=1e-12)
     plt.close(fig)
 
 

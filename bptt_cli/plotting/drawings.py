@@ -155,7 +155,10 @@ class PendulumDrawing:
     """Chained pendulum on a cart (SPEC §13), state ``(1+n, 2)``: row 0 = cart ``(x, ẋ)``, row k
     = link k ``(φ_k, φ̇_k)``, the absolute angle from upright. Links of length 0.5 in a chain,
     link 1 hinged on the cart, tip k at ``(x + 0.5·Σ_{j≤k} sin φ_j, 0.5·Σ_{j≤k} cos φ_j)``, a
-    mass at every tip. The view's height follows the number of links."""
+    mass at every tip. Every frame is centred on the cart at equal aspect, as tall and wide as
+    the chain is long: the cart travels several metres, and a view wide enough for its whole
+    path would shrink links of half a metre to dots. Where the cart is shows on the x axis (in
+    track coordinates) and in a label; the track's origin is marked when in view."""
 
     dt = 0.01
     link_length = 0.5
@@ -163,23 +166,42 @@ class PendulumDrawing:
     def frame(self, ax, x, u) -> None:
         x = np.asarray(x, dtype=float)
         phis = x[1:, 0]
-        half_height = self.link_length * len(phis) + 0.3
+        reach = self.link_length * len(phis) + 0.3
         if not np.isfinite(x).all():
-            _not_finite(ax, half_height)
+            _not_finite(ax, reach)
             return
         pivot = float(x[0, 0])
         _draw_cart_and_force(ax, pivot, _scalar(u))
-        tips_x = pivot + self.link_length * np.concatenate([[0.0], np.cumsum(np.sin(phis))])
-        tips_y = self.link_length * np.concatenate([[0.0], np.cumsum(np.cos(phis))])
-        ax.plot(tips_x, tips_y, color="0.25", lw=2.5, solid_capstyle="round", zorder=5)
+        ax.plot([0.0], [-CART_HEIGHT / 2], "|", color="0.35", ms=12, mew=1.5, zorder=1)  # the origin
+        joints_x = pivot + self.link_length * np.concatenate([[0.0], np.cumsum(np.sin(phis))])
+        joints_y = self.link_length * np.concatenate([[0.0], np.cumsum(np.cos(phis))])
         for k in range(len(phis)):
             colour = LINK_COLOURS[k % len(LINK_COLOURS)]
-            ax.plot([tips_x[k + 1]], [tips_y[k + 1]], "o", color=colour, mec="0.2", ms=7, zorder=6)
-        ax.plot([pivot], [0.0], "o", color="white", mec=CART_COLOUR, ms=4, zorder=6)
-        _cart_view(ax, pivot, half_height)
-
-    def extent(self, xs) -> tuple[float, float, float, float] | None:
-        return _cart_extent(xs, self.link_length * (np.asarray(xs).shape[1] - 1) + 0.3)
+            ax.plot(
+                joints_x[k : k + 2],
+                joints_y[k : k + 2],
+                color=colour,
+                lw=3.5,
+                solid_capstyle="round",
+                zorder=5,
+            )
+            ax.plot([joints_x[k + 1]], [joints_y[k + 1]], "o", color=colour, mec="0.15", ms=8, zorder=7)
+        # the hinges: on the cart, and between links
+        ax.plot(joints_x[:-1], joints_y[:-1], "o", color="white", mec="0.15", ms=4, ls="none", zorder=8)
+        ax.text(
+            0.98,
+            0.03,
+            f"cart at x = {pivot:+.2f}",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+        )
+        ax.set_xlim(pivot - reach, pivot + reach)
+        ax.set_ylim(-reach, reach)
+        ax.set_aspect("equal")
+        ax.set_yticks([])
+        ax.set_xlabel("cart position (view centred on the cart)")
 
 
 class GuidanceDrawing:

@@ -11,7 +11,6 @@ tolerance: a simulator written as people write them, in three variants (option `
 ``level`` is the damping. State ``(angle, angular velocity)``, control a torque.
 """
 
-
 import jax
 import jax.numpy as jnp
 from jax import lax
