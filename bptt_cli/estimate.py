@@ -74,6 +74,30 @@ def load() -> list[dict[str, Any]]:
         return []
 
 
+def save_launch_seconds(seconds: float) -> Path:
+    """Store this GPU's measured wall seconds per kernel launch (``make bench`` section 9)."""
+    path = _path()
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stored = {"fingerprint": fingerprint(), "entries": []}
+    write_json(path, {**stored, "launch_seconds": seconds})
+    return path
+
+
+def measured_launch_seconds(device_kind: str) -> float | None:
+    """Seconds per kernel launch that ``make bench`` measured on a GPU of this kind on this
+    machine (any bench file whose fingerprint names it), or None."""
+    for path in sorted(cache_dir().glob("bench-gpu-*.json")):
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if device_kind in str(stored.get("fingerprint", "")) and "launch_seconds" in stored:
+            return float(stored["launch_seconds"])
+    return None
+
+
 def _interpolate(points: list[tuple[int, float]], rows: int) -> float:
     """Seconds at ``rows``: linear between measured row counts, flat below the smallest, and
     extended along the last segment (proportionally, with one point) above the largest."""

@@ -131,6 +131,15 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the programs that would run (and an estimate) and stop.")
     ] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            metavar="GPU",
+            help="With --dry-run: compile every program for this GPU (h100, a100) without one, and "
+            "print per program its compile time, memory, kernel launches per epoch and an estimated "
+            "wall time. Needs jax's CUDA plugin (make gpu-compile installs one).",
+        ),
+    ] = None,
     list_: Annotated[
         bool, typer.Option("--list", help="List the built-in experiments and their scales.")
     ] = False,
@@ -142,8 +151,10 @@ def run(
         from bptt_cli import workers as pool
 
         pool.become_worker()
+    if target is not None:
+        checks.check_target(target, dry_run)
     cpu_devices = checks.set_cpu_devices(devices_count)
-    checks.select_device(device.lower())
+    checks.select_device("cpu" if target is not None else device.lower())
     if list_:
         show.print_list()
         return
@@ -190,7 +201,12 @@ def run(
     from bptt_cli import workers as pool
     from bptt_cli.core import devices
 
-    profile = devices.current(grouping.lower())
+    profile = devices.profile("gpu", grouping.lower()) if target else devices.current(grouping.lower())
+    if target is not None:
+        show.print_plan(exp, scale, specs, out, share, None, 1)
+        if not show.print_target_programs(mine, out, profile, target):
+            raise typer.Exit(1)
+        return
     n_workers = (
         checks.n_workers(workers, profile, cpu_devices, devices_count, mine, out) if worker is None else 1
     )

@@ -25,6 +25,21 @@ def set_cpu_devices(requested: int | None) -> tuple[int, str]:
     return count, why
 
 
+def check_target(target: str, dry_run: bool) -> None:
+    """A GPU to compile for (``--target``): a known name, with ``--dry-run``. Before jax starts:
+    jax then computes on the CPU, and its CUDA plugin registers without a driver."""
+    from bptt_cli.runner import aot
+
+    if target not in aot.TARGETS:
+        raise UserError(f"unknown target {target!r}; allowed: {', '.join(aot.TARGETS)}")
+    if not dry_run:
+        raise UserError(
+            f"--target {target} compiles for a GPU without running anything; use it with --dry-run"
+        )
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+
+
 def select_device(device: str) -> None:
     """Must run before jax is imported by anything: JAX_PLATFORMS is read at start-up."""
     if device == "cpu":

@@ -40,10 +40,9 @@ def print_info(cpu_devices: tuple[int, str]) -> None:
 
 
 def print_plan(
-    exp, scale: str, specs, out: Path, share, cpu_devices: tuple[int, str], n_workers: int
+    exp, scale: str, specs, out: Path, share, cpu_devices: tuple[int, str] | None, n_workers: int
 ) -> None:
-    import jax
-
+    """The grid, and where it trains (without ``cpu_devices``: nowhere here, as with --target)."""
     first = specs[0]
     levels = sorted({s.level for s in specs})
     mine = f"; this worker's share: {share[0]}/{share[1]}" if share else ""
@@ -54,8 +53,11 @@ def print_plan(
         f"data seed {first.data_seed}, seeds {first.seeds[0]}..{first.seeds[-1]}{mine} → {out / exp.name}",
         markup=False,
     )
-    rows = sum(len(s.seeds) for s in specs)
-    err_console.print(devices_line(jax.devices(), cpu_devices, rows, n_workers), markup=False)
+    if cpu_devices is not None:
+        import jax
+
+        rows = sum(len(s.seeds) for s in specs)
+        err_console.print(devices_line(jax.devices(), cpu_devices, rows, n_workers), markup=False)
 
 
 def devices_line(devices: list, cpu_devices: tuple[int, str], rows: int, n_workers: int) -> str:
@@ -170,3 +172,67 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable]:
                 bar.console.print(update.line, markup=False)
 
         yield show
+
+
+def print_target_programs(specs, out: Path, profile, target: str) -> bool:
+    """Compile the programs for ``target`` (a GPU this machine need not have) and print per
+    program its compile time, memory, kernel launches per epoch and estimated wall time; False
+    when a program does not fit the target's memory. A target jax cannot compile for is a
+    ``UserError``."""
+    from bptt_cli import estimate, problems, runner
+    from bptt_cli.config import UserError
+    from bptt_cli.core import plan
+    from bptt_cli.runner import aot
+
+    programs = plan.plan(runner.pending_work(specs, out), profile, problems.get)
+    try:
+        aot.target_devices(target)
+    except aot.TargetError as err:
+        raise UserError(str(err)) from None
+    capacity = aot.device_memory(target)
+    measured = estimate.measured_launch_seconds(aot.description(target))
+    per_launch = (measured, measured) if measured else aot.LAUNCH_SECONDS
+    cost = (
+        f"{measured * 1e6:.2f} µs per kernel launch (measured by make bench on this machine's {target})"
+        if measured
+        else f"{aot.LAUNCH_SECONDS[0] * 1e6:g} … {aot.LAUNCH_SECONDS[1] * 1e6:g} µs per kernel launch "
+        "(an unmeasured range: see the README's GPU section)"
+    )
+    out_console.print(
+        f"{len(programs)} program(s) compiled for {target} (no GPU needed; nothing runs), grouping "
+        f"{'wide' if profile.merge_flows else 'narrow'}, unroll {profile.unroll}; wall time at {cost}",
+        markup=False,
+    )
+    out_console.print(
+        f"  {'#':>2s} {'compile':>8s} {'memory':>10s} {'launches/epoch':>14s} {'wall time':>19s}  program",
+        markup=False,
+    )
+    fits, low, high = True, 0.0, 0.0
+    for i, program in enumerate(programs, 1):
+        result = aot.compile_for(program, target, profile)
+        lo, hi = result.seconds(per_launch)
+        low, high, fits = low + lo, high + hi, fits and result.fits()
+        memory = f"{result.memory_bytes / 2**30:.2f} GiB" + ("" if result.fits() else " (!)")
+        out_console.print(
+            f"  {i:2d} {result.compile_seconds:7.1f}s {memory:>10s} {result.launches_per_epoch:14,d} "
+            f"{_span(lo, hi):>19s}  {program.describe()}",
+            markup=False,
+        )
+    if programs:
+        out_console.print(
+            f"total on one {target}, programs one after another: {_span(low, high)}",
+            markup=False,
+        )
+    if not fits:
+        err_console.print(
+            f"bptt-run: error: a program marked (!) needs more memory than the {target}'s "
+            f"{capacity / 2**30:.0f} GiB; use fewer seeds or levels per run (--seeds, --level)",
+            markup=False,
+        )
+    return fits
+
+
+def _span(low: float, high: float) -> str:
+    from bptt_cli import estimate
+
+    return estimate.fmt(low) if low == high else f"{estimate.fmt(low)} … {estimate.fmt(high)}"

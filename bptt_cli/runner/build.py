@@ -74,6 +74,67 @@ class Built:
     state_shapes: dict[Any, tuple[int, ...]] | None
 
 
+@dataclass
+class Prepared:
+    """What a program is before it meets devices: its task source and data, its rows and their
+    numbers, and the jitted (not yet compiled) chunk function."""
+
+    task_of: Callable
+    data: Any
+    n_steps: int
+    layout: RowLayout
+    hypers: train.Hypers
+    x_train: Any
+    x_test: Any
+    data_axis: int | None
+    init: Any
+    chunk_fn: Any
+    static: tuple
+
+
+def prepare(
+    program: Program, profile: devices.Profile, n_devices: int, cache: ProgramCache | None = None
+) -> Prepared:
+    """The program's task, data, rows for ``n_devices`` and jitted functions (nothing compiled)."""
+    cache = cache if cache is not None else ProgramCache()
+    problem = problems.get(program.problem_ref)
+    task_of, data, n_steps = _task_source(program, problem)
+    layout = RowLayout.of(program, n_devices)
+    if program.levels_padded:
+        x_train, x_test = (jnp.stack([data[spec.level][i] for spec, _ in layout.rows]) for i in (0, 1))
+        data_axis = 0
+    else:
+        (x_train, x_test), data_axis = data, None
+    setup = train.Setup(program.flow, program.optimizer, program.batch_size, program.pair, profile.unroll)
+    static = (program.problem_ref, program.options, program.level, program.levels_padded, data_axis)
+    init = cache.get(
+        "init", (*static, setup), lambda: jax.jit(jax.vmap(partial(train.init_state, task_of, setup)))
+    )
+    chunk_fn = cache.get(
+        "chunk",
+        (*static, setup),
+        lambda: jax.jit(
+            jax.vmap(
+                partial(train.train_chunk, task_of, setup, MAX_CHUNK),
+                in_axes=(0, 0, data_axis, data_axis, None),
+            )
+        ),
+    )
+    return Prepared(
+        task_of,
+        data,
+        n_steps,
+        layout,
+        _hypers(layout.rows),
+        x_train,
+        x_test,
+        data_axis,
+        init,
+        chunk_fn,
+        static,
+    )
+
+
 def build(
     program: Program,
     profile: devices.Profile,
@@ -85,38 +146,16 @@ def build(
     cache = cache if cache is not None else ProgramCache()
     on = tuple(jax.devices())
     problem = problems.get(program.problem_ref)
-    task_of, data, n_steps = _task_source(program, problem)
-    layout = RowLayout.of(program, len(on))
-    hypers = _hypers(layout.rows)
-    if program.levels_padded:
-        x_train, x_test = (jnp.stack([data[spec.level][i] for spec, _ in layout.rows]) for i in (0, 1))
-        data_axis = 0
-    else:
-        (x_train, x_test), data_axis = data, None
-    setup = train.Setup(program.flow, program.optimizer, program.batch_size, program.pair, profile.unroll)
-    static = (program.problem_ref, program.options, program.level, program.levels_padded, data_axis)
-
-    init = cache.get(
-        "init", (*static, setup), lambda: jax.jit(jax.vmap(partial(train.init_state, task_of, setup)))
-    )
-    state = _restore(init(hypers), layout, saved or {})
+    p = prepare(program, profile, len(on), cache)
+    task_of, data, layout, data_axis, static = p.task_of, p.data, p.layout, p.data_axis, p.static
+    state = _restore(p.init(p.hypers), layout, saved or {})
     mesh = Mesh(np.array(on), ("runs",))
     rows, replicated = NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec())
-    hypers, state = jax.device_put((hypers, state), rows)
-    x_train, x_test = jax.device_put((x_train, x_test), rows if data_axis == 0 else replicated)
+    hypers, state = jax.device_put((p.hypers, state), rows)
+    x_train, x_test = jax.device_put((p.x_train, p.x_test), rows if data_axis == 0 else replicated)
 
-    chunk_fn = cache.get(
-        "chunk",
-        (*static, setup),
-        lambda: jax.jit(
-            jax.vmap(
-                partial(train.train_chunk, task_of, setup, MAX_CHUNK),
-                in_axes=(0, 0, data_axis, data_axis, None),
-            )
-        ),
-    )
     t0 = time.perf_counter()
-    compiled = chunk_fn.lower(state, hypers, x_train, x_test, jnp.int32(1)).compile(
+    compiled = p.chunk_fn.lower(state, hypers, x_train, x_test, jnp.int32(1)).compile(
         profile.compiler_options or None
     )
     compile_seconds = time.perf_counter() - t0
@@ -159,7 +198,7 @@ def build(
         compile_seconds=compile_seconds,
         diagnose=diag_fn,
         trajectories=traj_fn,
-        n_steps=n_steps,
+        n_steps=p.n_steps,
         optima=_optima(program, problem, data),
         drawing=_drawing_ref(problem.drawing, program.problem_ref),
         state_shapes=_state_shapes(program, problem) if program.levels_padded else None,
