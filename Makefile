@@ -22,8 +22,13 @@ JAX_BUILD := cpu
 JAX_EXTRA :=
 endif
 STAMP := $(VENV)/.installed-$(JAX_BUILD)
+NEWEST := .venv-newest
+NEWEST_PYTHON ?= $(shell .ci/newest_python.sh)
+GPU_VENV := .venv-gpu
+GPU_TARGETS := h100 a100
+GPU_GRIDS := $(PAPER) $(BEYOND) examples/heat/heat.toml
 
-.PHONY: install test test-all test-lowest slurm-test reproduce paper-norm beyond quick smoke bench lint format clean
+.PHONY: install test test-all test-lowest test-newest slurm-test gpu-compile reproduce paper-norm beyond quick smoke bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,10 +70,37 @@ test-lowest: $(LOWEST)/.installed  ## a fast subset against the lowest supported
 	$(LOWEST)/bin/python .ci/lowest.py --check
 	$(LOWEST)/bin/python -m pytest -q $(LOWEST_TESTS)
 
+# The newest versions the registry serves, on the newest Python this machine has: what a
+# newcomer installing today gets.
+$(NEWEST)/.installed: pyproject.toml
+	rm -rf $(NEWEST)
+	$(NEWEST_PYTHON) -m venv $(NEWEST)
+	$(NEWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(NEWEST)/bin/python -m pip install --quiet --upgrade -e ".[dev]"
+	touch $@
+
+test-newest:  ## the fast suite against the newest versions, on the newest Python here (.venv-newest)
+	@if [ -z "$(NEWEST_PYTHON)" ]; then echo "test-newest: skipped: no Python 3.11 or later found"; \
+	else $(MAKE) --no-print-directory $(NEWEST)/.installed && \
+	  $(NEWEST)/bin/python -c "import sys, jax, jaxlib; print('test-newest: Python', sys.version.split()[0], 'jax', jax.__version__, 'jaxlib', jaxlib.__version__)" && \
+	  $(NEWEST)/bin/python -m pytest -q -n 2 --dist loadfile; fi
+
 # A throwaway one-node SLURM cluster (Debian's slurm-wlm and munge, installed if missing; needs
 # root) runs examples/slurm/reproduce.sbatch as a 2-task array on a smoke grid, then plot.sbatch.
 slurm-test: install  ## the SLURM recipe on a real one-node cluster (root; skipped where apt cannot install SLURM)
 	.ci/slurm_test.sh
+
+# The CUDA build of the same jax version, in its own venv (about 5.5 GB), only to compile: XLA
+# compiles for a described GPU (bptt_cli/targets/) without one; no kernel runs.
+$(GPU_VENV)/.installed: pyproject.toml $(STAMP)
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install --quiet -e . "jax[cuda12]==$$($(BIN)/python -c 'import jax; print(jax.__version__)')"
+	touch $@
+
+gpu-compile: $(GPU_VENV)/.installed  ## compile every paper and beyond program at paper scale for an H100 and an A100, without a GPU
+	tmp=$$(mktemp -d) && for t in $(GPU_TARGETS); do for g in $(GPU_GRIDS); do \
+	  $(GPU_VENV)/bin/bptt-run $$g --scale paper --dry-run --target $$t --out $$tmp || exit $$?; done; done
 
 reproduce: install  ## the whole paper: toy figures, three grids at paper scale, figures, summary
 	$(BIN)/bptt-run toy --out $(OUT)
@@ -109,4 +141,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) $(LOWEST) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST) $(NEWEST) $(GPU_VENV) build *.egg-info .pytest_cache .ruff_cache
