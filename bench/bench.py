@@ -9,6 +9,8 @@ Sections (compare ratios within one run: machines are noisy):
 5. the host's share of wall time in a real run of a paper-sized program (48 runs per commit);
 6. where a CPU's time goes for cart-pole: its matrix products against this CPU's peak;
 7. the paper grid's estimated wall time on this machine;
+9. GPU only: wall seconds per kernel launch of the paper programs (an epoch's time over its
+   launches counted in the optimized HLO), stored for `bptt-run --dry-run --target`;
 8. every core: steady seconds per epoch of whole bptt-run commands on one jax CPU device (as
    the releases before every-core) and by default (one device per usable core, and one worker
    process per core for a grid of several programs), for a many-row program per problem and
@@ -152,6 +154,28 @@ def section_gpu_options(platform: str, max_rows: int) -> None:
                 print(f"{unroll:6d} {label:>22s}   failed: {' '.join(str(err).split())[:80]}")
 
 
+def section_launch_cost(profile) -> None:
+    from bptt_cli.runner import aot
+
+    header("9. GPU: wall seconds per kernel launch (paper-scale wide programs, 3 seeds)")
+    print(f"{'problem':9s} {'rows':>5s} {'launches/epoch':>14s} {'s/epoch':>8s} {'µs/launch':>9s}")
+    per_launch = []
+    for name in PROBLEMS:
+        specs = config.resolve(config.load(name), seeds=3, diagnostics=False)
+        for program in plan.plan([(s, 0) for s in specs], profile, problems.get):
+            _, epoch_s, built = time_program(program, profile)
+            launches = aot.kernel_launches(built.chunk.as_text())
+            per_launch.append(epoch_s / launches)
+            print(
+                f"{name:9s} {program.rows:5d} {launches:14,d} {epoch_s:8.3f} {1e6 * per_launch[-1]:9.2f}",
+                flush=True,
+            )
+    median = float(sorted(per_launch)[len(per_launch) // 2])
+    print(
+        f"median {1e6 * median:.2f} µs per launch; stored for --dry-run --target: {estimate.save_launch_seconds(median)}"
+    )
+
+
 def section_diagnostics(profile, only) -> None:
     header("4. diagnostics: cost against a paper-scale run (1000 epochs, diagnosed at 0, 1, 10, 100, 1000)")
     print(f"{'problem':9s} {'rows':>4s} {'compile s':>9s} {'call s':>7s} {'run s':>8s} {'extra':>6s}")
@@ -231,6 +255,36 @@ def section_cpu_limit() -> None:
         f"{epoch_flops / epoch_s / 1e9:.1f} GFLOP/s ({epoch_flops / epoch_s / 1e9 / peak:.0%} of that rate)",
         flush=True,
     )
+    scan_outputs_check()
+
+
+def scan_outputs_check() -> None:
+    """jaxlib 0.11.1 on a CPU copies a small stacked ``lax.scan`` output's whole buffer at every
+    step (jax-ml/jax#40101): the cost per step then grows with the length. Every rollout here
+    stacks its states, so a user on such a jaxlib trains several times slower."""
+    import jaxlib
+
+    def per_step(length: int) -> float:
+        run = jax.jit(lambda x: jax.lax.scan(lambda h, _: (h * 0.5 + 1.0, h), x, None, length=length)[1])
+        x = jnp.ones((8, 4))
+        jax.block_until_ready(run(x))
+        t0 = time.perf_counter()
+        for _ in range(5):
+            jax.block_until_ready(run(x))
+        return (time.perf_counter() - t0) / 5 / length
+
+    short, long = per_step(1_000), per_step(16_000)
+    verdict = (
+        "OK: the cost per step does not grow with the length"
+        if long < 3 * short
+        else f"SLOW: the cost per step grows with the length (jaxlib {jaxlib.__version__}; jax-ml/jax#40101): "
+        "use another jaxlib version"
+    )
+    print(
+        f"stacked scan outputs (8x4 per step): {1e9 * short:.0f} ns per step over 1000 steps, "
+        f"{1e9 * long:.0f} ns over 16000: {verdict}",
+        flush=True,
+    )
 
 
 def section_grid(profile) -> None:
@@ -302,7 +356,7 @@ def section_cores(only_case: str | None = None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=list(PROBLEMS), help="one problem only (sections 1, 2 and 4)")
-    parser.add_argument("--sections", default="12345678", help="which sections to run, e.g. 18")
+    parser.add_argument("--sections", default="123456789", help="which sections to run, e.g. 18")
     parser.add_argument("--max-rows", type=int, default=1 << 30, help="skip row counts above this")
     parser.add_argument(
         "--gpu-sections", action="store_true", help="run the GPU-only sections on any device (to check them)"
@@ -333,6 +387,8 @@ def main() -> None:
         section_cpu_limit()
     if "7" in args.sections:
         section_grid(profile)
+    if "9" in args.sections and gpu:
+        section_launch_cost(profile)
     if "8" in args.sections and not gpu:
         section_cores(args.case)
 
