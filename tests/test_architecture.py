@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bptt_cli"
 
 # floor -> parts on it. A module may import its own part and the parts of lower floors.
 FLOORS = [
-    {"bptt_cli.core", "bptt_cli.nn"},
+    {"bptt_cli.core", "bptt_cli.nn", "bptt_cli.targets"},  # targets: GPU descriptions, data only
     {"bptt_cli.problems", "bptt_cli.results"},
     {"bptt_cli.config", "bptt_cli.estimate", "bptt_cli.summary", "bptt_cli.toy"},
     {"bptt_cli.runner", "bptt_cli.workers", "bptt_cli.plotting"},
