@@ -31,7 +31,7 @@ from importlib import resources
 
 from bptt_cli.core import devices
 from bptt_cli.core.plan import Program
-from bptt_cli.runner.build import ProgramCache, prepare
+from bptt_cli.runner.build import ProgramCache, prepare, shardings
 
 # Host cost of launching one small kernel, low and high (seconds). Not measured on this
 # project's programs: the range NVIDIA's CUDA documentation and profiling guides give for the
@@ -109,21 +109,18 @@ def compile_for(program: Program, target: str, profile: devices.Profile | None =
     """Compile ``program``'s chunk function for ``target`` as the runner compiles it on a GPU."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     profile = profile or devices.profile("gpu")
     on = target_devices(target)
     p = prepare(program, profile, len(on), ProgramCache())
-    mesh = Mesh(np.array(on), ("runs",))
-    rows, replicated = NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec())
+    rows, data_sharding, replicated = shardings(on, p.data_axis)
 
     def abstract(tree, sharding):
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
 
     state = abstract(jax.eval_shape(p.init, p.hypers), rows)
     hypers = abstract(p.hypers, rows)
-    data = abstract((p.x_train, p.x_test), rows if p.data_axis == 0 else replicated)
+    data = abstract((p.x_train, p.x_test), data_sharding)
     n = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     t0 = time.perf_counter()
     compiled = p.chunk_fn.lower(state, hypers, *data, n).compile(profile.compiler_options or None)

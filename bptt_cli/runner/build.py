@@ -135,6 +135,15 @@ def prepare(
     )
 
 
+def shardings(on: Sequence, data_axis: int | None) -> tuple[NamedSharding, NamedSharding, NamedSharding]:
+    """How a program sits on the devices ``on``: ``(rows, data, replicated)``, the rows split
+    over the devices, the data split with them where it is per row (padded levels), else
+    copied to each."""
+    mesh = Mesh(np.array(on), ("runs",))
+    rows, replicated = NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec())
+    return rows, rows if data_axis == 0 else replicated, replicated
+
+
 def build(
     program: Program,
     profile: devices.Profile,
@@ -149,10 +158,9 @@ def build(
     p = prepare(program, profile, len(on), cache)
     task_of, data, layout, data_axis, static = p.task_of, p.data, p.layout, p.data_axis, p.static
     state = _restore(p.init(p.hypers), layout, saved or {})
-    mesh = Mesh(np.array(on), ("runs",))
-    rows, replicated = NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec())
+    rows, data_sharding, _ = shardings(on, data_axis)
     hypers, state = jax.device_put((p.hypers, state), rows)
-    x_train, x_test = jax.device_put((p.x_train, p.x_test), rows if data_axis == 0 else replicated)
+    x_train, x_test = jax.device_put((p.x_train, p.x_test), data_sharding)
 
     t0 = time.perf_counter()
     compiled = p.chunk_fn.lower(state, hypers, x_train, x_test, jnp.int32(1)).compile(
