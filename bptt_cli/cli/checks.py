@@ -127,20 +127,15 @@ def check_problem(specs) -> list[str]:
         if key in seen:
             continue
         seen.add(key)
-        problem = problems.get(spec.problem_ref)
         try:
+            problem = problems.get(spec.problem_ref)
             problems.check(problem, spec.level, dict(spec.options))
             if spec.problem_ref in problems.NAMES:
                 continue  # the built-in problems are tested
-            # A level that is not static is traced: one abstract trace serves every level.
-            at = (spec.problem_ref, spec.level if problem.level_is_static else None, spec.options)
-            if at not in traced:
-                traced.add(at)
-                same = [
-                    s
-                    for s in specs
-                    if (s.problem_ref, s.level if problem.level_is_static else None, s.options) == at
-                ]
+            trace = _trace_key(spec, problem)
+            if trace not in traced:
+                traced.add(trace)
+                same = [s for s in specs if _trace_key(s, problem) == trace]
                 problems.check_transforms(
                     problem,
                     spec.level,
@@ -152,6 +147,12 @@ def check_problem(specs) -> list[str]:
         except problems.ProblemError as err:
             raise UserError(str(err)) from None
     return warnings
+
+
+def _trace_key(spec, problem) -> tuple:
+    """Runs whose transformations one abstract trace checks: a level that is not static is
+    traced, so one trace serves every level."""
+    return (spec.problem_ref, spec.level if problem.level_is_static else None, spec.options)
 
 
 def n_workers(asked: int | None, profile, cpu_devices, devices_count, specs, out: Path) -> int:

@@ -26,6 +26,20 @@ class ProblemError(ValueError):
     """A problem reference that cannot be loaded, or a descriptor that breaks the contract."""
 
 
+def _task(problem: ProblemDef, level: Any, options: Mapping[str, Any]) -> Task:
+    """The task at ``level`` called as the host calls it: with the level as a number (a float32
+    scalar when the level is not static)."""
+    import jax.numpy as jnp
+
+    return problem.make_task(level if problem.level_is_static else jnp.float32(level), dict(options))
+
+
+def _as_trained(problem: ProblemDef, task: Task, options: Mapping[str, Any]):
+    """``level -> Task`` as training sees it: ``task`` where the level is static, else the task
+    made anew at the traced level."""
+    return lambda level: task if problem.level_is_static else problem.make_task(level, dict(options))
+
+
 def one_line(err: BaseException) -> str:
     """``Type: message`` on one line (jax's messages can run over many)."""
     text = " ".join(str(err).split())
@@ -42,7 +56,7 @@ def check(problem: ProblemDef, level: Any, options: Mapping[str, Any]) -> None:
 
     where = f"problem {problem.name!r}"
     try:
-        task = problem.make_task(level if problem.level_is_static else jnp.float32(level), dict(options))
+        task = _task(problem, level, options)
     except Exception as err:
         raise ProblemError(f"{where}: make_task failed: {one_line(err)}") from None
     if not isinstance(task, Task):
@@ -65,10 +79,11 @@ def check(problem: ProblemDef, level: Any, options: Mapping[str, Any]) -> None:
                 "it or shape arrays by it"
             ) from None
 
+    at = _as_trained(problem, task, options)
+
     def call(name, *args):
         def fn(level, *inner):
-            at = task if problem.level_is_static else problem.make_task(level, dict(options))
-            return getattr(at, name)(*inner)
+            return getattr(at(level), name)(*inner)
 
         try:
             return jax.eval_shape(fn, traced, *args)
@@ -148,11 +163,9 @@ def check_transforms(
     where = f"problem {problem.name!r}"
     options = dict(options)
     static = problem.level_is_static
-    task = problem.make_task(level if static else jnp.float32(level), options)
+    task = _task(problem, level, options)
+    at = _as_trained(problem, task, options)
     traced = jax.ShapeDtypeStruct((), jnp.float32)
-
-    def at(lvl) -> Task:  # the task as training sees it: a level that is not static is traced
-        return task if static else problem.make_task(lvl, options)
 
     def attempt(what: str, advice: str, fn, *args) -> Any:
         try:
@@ -257,10 +270,9 @@ def dead_gradients(
     ``n_states`` data states under the initial controller: ``∂step/∂x`` (no feedback through
     time: R, M and C then train like S) and ``∂step/∂u`` (the control never reaches the state)."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    task = problem.make_task(level if problem.level_is_static else jnp.float32(level), dict(options))
+    task = _task(problem, level, options)
     x0 = task.sample_data(jax.random.key(0), n_states)[0]
     theta = task.init_controller(jax.random.key(0))
 
