@@ -172,13 +172,18 @@ def scale_names(exp: Experiment) -> list[str]:
 
 
 def resolve(
-    exp: Experiment, scale: str = "paper", diagnostics: bool | None = None, **overrides: Any
+    exp: Experiment,
+    scale: str = "paper",
+    diagnostics: bool | None = None,
+    option_overrides: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> list[RunSpec]:
     """Apply a scale and command-line overrides, validate everything, expand the grid.
 
     ``overrides`` may hold ``levels``, ``flows``, ``clips`` (lists) and any ``[train]`` key;
-    ``None`` values are ignored. ``diagnostics`` switches the gradient diagnostics on or off
-    (``None``: as the definition says, on by default).
+    ``None`` values are ignored. ``option_overrides`` replace entries of the ``[options]``
+    table. ``diagnostics`` switches the gradient diagnostics on or off (``None``: as the
+    definition says, on by default).
     """
     scale_key = scale.lower()
     if scale_key not in scale_names(exp):
@@ -211,19 +216,8 @@ def resolve(
     levels = [_level(lv, problem, grid_levels) for lv in _as_list(values.get("levels"), "levels")]
 
     options = {**problem.default_options}
-    for key, value in exp.problem_options.items():
-        if key not in options:
-            raise UserError(
-                f"unknown problem option {key!r} for {problem.name}; allowed: {', '.join(options) or 'none'}"
-            )
-        choices = problem.option_choices.get(key)
-        if choices and str(value).upper() not in [str(c).upper() for c in choices]:
-            raise UserError(
-                f"invalid {key} {value!r} for {problem.name}; allowed: {', '.join(map(str, choices))}"
-            )
-        options[key] = (
-            next((c for c in choices if str(c).upper() == str(value).upper()), value) if choices else value
-        )
+    for key, value in {**exp.problem_options, **(option_overrides or {})}.items():
+        options[key] = _option(key, value, problem)
     diagnosed = _diagnosed_epochs(exp, train["epochs"], diagnostics)
     threshold = exp.summary.get("threshold")
     if threshold is not None and not isinstance(threshold, int | float):
@@ -270,6 +264,48 @@ def _typed(key: str, value: Any, kind: type, exp: Experiment) -> Any:
     raise UserError(
         f"{key} must be {'an integer' if kind is int else 'a number' if kind is float else 'a string'}, got {value!r}"
     )
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs from the command line; a VALUE is read as in TOML (``0.1``, ``true``,
+    ``"mlp"``), else taken as text (``mlp``)."""
+    options = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"invalid option {item!r}; allowed: KEY=VALUE, e.g. controller=mlp")
+        try:
+            value = tomllib.loads(f"value = {text.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        options[key.strip()] = value
+    return options
+
+
+def _option(key: str, value: Any, problem) -> Any:
+    """A problem option's value, checked against its default's type, its choices or its check."""
+    if key not in problem.default_options:
+        allowed = ", ".join(problem.default_options) or "none"
+        raise UserError(f"unknown problem option {key!r} for {problem.name}; allowed: {allowed}")
+    default = problem.default_options[key]
+    choices = problem.option_choices.get(key)
+    if choices:
+        match = next((c for c in choices if str(c).upper() == str(value).upper()), None)
+        if match is None:
+            allowed = ", ".join(map(str, choices))
+            raise UserError(f"invalid {key} {value!r} for {problem.name}; allowed: {allowed}")
+        return match
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        kind = type(default)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or (kind is int and value != int(value)):
+            what = "an integer" if kind is int else "a finite number"
+            raise UserError(f"invalid {key} {value!r} for {problem.name}; allowed: {what}")
+        value = kind(value)
+    check = problem.option_checks.get(key)
+    if check is not None and not check[0](value):
+        raise UserError(f"invalid {key} {value!r} for {problem.name}; allowed: {check[1]}")
+    return value
 
 
 def _as_list(value: Any, key: str) -> list:

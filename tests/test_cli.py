@@ -33,6 +33,15 @@ BAD = [
     (["cartpole", "--workers", "0"], "invalid workers 0; allowed: a positive integer"),
     (["cartpole", "--devices", "0"], "invalid device count 0; allowed: a positive integer"),
     (["cartpole", "--devices", "two"], "'--devices'"),
+    (["lqr", "--option", "gain=1"], "unknown problem option 'gain' for lqr; allowed: controller, init_scale"),
+    (
+        ["lqr", "--option", "controller=quadratic"],
+        "invalid controller 'quadratic' for lqr; allowed: linear, mlp",
+    ),
+    (["lqr", "--option", "init_scale=-0.1"], "invalid init_scale -0.1 for lqr; allowed: a number >= 0"),
+    (["lqr", "--option", "init_scale=big"], "invalid init_scale 'big' for lqr; allowed: a finite number"),
+    (["lqr", "--option", "init_scale"], "invalid option 'init_scale'; allowed: KEY=VALUE"),
+    (["cartpole", "--option", "loss=SOMETIMES"], "invalid loss 'SOMETIMES' for cartpole; allowed: FINAL"),
 ]
 
 
@@ -236,3 +245,17 @@ def test_list_shows_scales_and_seed_option_sets_the_first_seed(tmp_path, jax_cac
     )
     assert plan.returncode == 0 and "seeds 7..8" in plan.stderr, plan.stderr
     assert "2 program(s)" in plan.stdout and "rows" in plan.stdout
+
+
+def test_problem_option_from_the_command_line(tmp_path, jax_cache):
+    """``--option init_scale=0.1`` gives LQR's seeds gains of their own (SPEC §12's K = 0 makes
+    them identical); the option is part of the runs' identity, so both grids share a folder."""
+    args = ("lqr", "--scale", "smoke", "--level", "1.3", "--flow", "R", "--clip", "NORM", "--epochs", "1")
+    common = {"cache": jax_cache, "cwd": tmp_path}
+    for extra in ((), ("--option", "init_scale=0.1")):
+        done = cli("bptt-run", *args, *extra, "--out", tmp_path / "res", "--workers", "1", **common)
+        assert done.returncode == 0, done.stderr
+    frame = pd.concat(pd.read_csv(path) for path in sorted((tmp_path / "res" / "lqr").glob("*[0-9a-f].csv")))
+    assert frame["run_id"].nunique() == 2 and len(frame) == 4
+    spread = frame.groupby("run_id")["test_loss"].nunique().sort_values()
+    assert list(spread) == [1, 2], spread  # two seeds: equal from K = 0, apart from K ~ N(0, 0.1²)

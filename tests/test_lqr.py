@@ -166,6 +166,20 @@ def test_controllers():
         lqr.PROBLEM.make_task(1.0, {"controller": "quadratic"})
 
 
+def test_init_scale_draws_each_seeds_gain():
+    """init_scale > 0: K ~ N(0, scale²) from the run's seed; 0 (the default): K = 0 (SPEC §12)."""
+    assert lqr.PROBLEM.default_options["init_scale"] == 0.0
+    task = lqr.PROBLEM.make_task(1.0, {"controller": "linear", "init_scale": 0.1})
+    gains = np.stack([np.asarray(task.init_controller(jax.random.key(s))["K"]) for s in range(2000)])
+    assert gains.shape == (2000, 1, 4) and gains.dtype == np.float32
+    np.testing.assert_array_equal(gains[7], task.init_controller(jax.random.key(7))["K"])
+    np.testing.assert_array_equal(gains[7], 0.1 * jax.random.normal(jax.random.key(7), (1, 4)))
+    assert abs(gains.mean()) < 0.01 and gains.std() == pytest.approx(0.1, rel=0.05)
+    assert not np.array_equal(gains[0], gains[1])
+    zero = lqr.PROBLEM.make_task(1.0, {"controller": "linear", "init_scale": 0.0})
+    assert not np.any(zero.init_controller(jax.random.key(3))["K"])
+
+
 @pytest.mark.parametrize("controller", ["linear", "mlp"])
 def test_contract(controller):
     problems.check(lqr.PROBLEM, 1.2, {**lqr.PROBLEM.default_options, "controller": controller})

@@ -81,6 +81,15 @@ def run(
     data_seed: Annotated[
         int | None, typer.Option(help="Seed of the initial states (shared by all runs).")
     ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            metavar="KEY=VALUE",
+            help="Set a problem option, as the definition's [options] table does (e.g. "
+            "controller=mlp); repeatable.",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("results"),
     force: Annotated[bool, typer.Option("--force", help="Recompute runs that are already complete.")] = False,
     device: Annotated[str, typer.Option(help="auto (GPU when jax sees one), cpu or gpu.")] = "auto",
@@ -176,6 +185,7 @@ def run(
         exp,
         scale,
         diagnostics=diagnostics,
+        option_overrides=config.parse_options(option or []),
         levels=level or None,
         flows=flow or None,
         clips=clip or None,

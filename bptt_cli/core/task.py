@@ -84,6 +84,9 @@ class ProblemDef:
         experiment definition with the defaults filled in.
       default_options: allowed problem options and their defaults.
       option_choices: for options with a fixed set of values, the allowed values.
+      option_checks: for other options, which values make sense (a predicate on the value)
+        and how to say so in an error message. An option whose default is a number always
+        takes a number of that type.
       aux_metrics: names of the extra loss parts returned in ``aux`` by ``Task.loss``.
       valid_level, valid_level_text: which levels make sense (a predicate on the parsed value)
         and how to say so in an error message.
@@ -107,6 +110,7 @@ class ProblemDef:
     make_task: Callable[[Any, Mapping[str, Any]], Task]
     default_options: Mapping[str, Any] = field(default_factory=dict)
     option_choices: Mapping[str, tuple] = field(default_factory=dict)
+    option_checks: Mapping[str, tuple[Callable[[Any], bool], str]] = field(default_factory=dict)
     aux_metrics: tuple[str, ...] = ()
     valid_level: Callable[[Any], bool] = _any_level
     valid_level_text: str = "any number"

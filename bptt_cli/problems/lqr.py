@@ -73,10 +73,12 @@ def sample_data(key: jax.Array, n_data: int) -> tuple[jax.Array, jax.Array]:
 CONTROLLERS = ("linear", "mlp")
 
 
-def init_linear(key: jax.Array) -> dict[str, jax.Array]:
-    """The linear gain ``K (1, 4)``, starting at zero (SPEC §12); ``key`` is unused."""
-    del key
-    return {"K": jnp.zeros((1, 4), jnp.float32)}
+def init_linear(key: jax.Array, scale: float = 0.0) -> dict[str, jax.Array]:
+    """The linear gain ``K (1, 4)``: zero (SPEC §12), or with ``scale > 0`` each entry drawn
+    from ``N(0, scale²)`` with ``key`` (the run's seed), so that seeds start apart."""
+    if scale == 0:
+        return {"K": jnp.zeros((1, 4), jnp.float32)}
+    return {"K": scale * jax.random.normal(key, (1, 4), jnp.float32)}
 
 
 def linear(theta: dict[str, jax.Array], x: jax.Array) -> jax.Array:
@@ -235,10 +237,11 @@ def _make_task(a, options) -> Task:
     if kind not in CONTROLLERS:
         raise ValueError(f"unknown controller {kind!r}; allowed: {', '.join(CONTROLLERS)}")
     params = Params(a=a)
+    scale = options.get("init_scale", 0.0)  # the linear gain's start; the MLP draws its own
     return Task(
         step=partial(step, params=params),
         controller=linear if kind == "linear" else mlp,
-        init_controller=init_linear if kind == "linear" else init_mlp,
+        init_controller=partial(init_linear, scale=scale) if kind == "linear" else init_mlp,
         loss=lambda xs, us: (loss(xs, us, params), {}),
         sample_data=sample_data,
         n_steps=params.n_steps,
@@ -259,8 +262,9 @@ PROBLEM = ProblemDef(
     level_type=float,
     level_is_static=False,
     make_task=_make_task,
-    default_options={"controller": "linear"},
+    default_options={"controller": "linear", "init_scale": 0.0},
     option_choices={"controller": CONTROLLERS},
+    option_checks={"init_scale": (lambda s: s >= 0, "a number >= 0 (the spread of K's start; 0: K = 0)")},
     valid_level=lambda a: 0 < a < math.inf,
     valid_level_text="a positive number",
     optimum=_optimum,
