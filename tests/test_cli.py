@@ -255,6 +255,7 @@ def test_problem_option_from_the_command_line(tmp_path, jax_cache):
     for extra in ((), ("--option", "init_scale=0.1")):
         done = cli("bptt-run", *args, *extra, "--out", tmp_path / "res", "--workers", "1", **common)
         assert done.returncode == 0, done.stderr
+        assert f"controller linear, init_scale {0.1 if extra else 0.0}, 1 epochs" in done.stderr, done.stderr
     frame = pd.concat(pd.read_csv(path) for path in sorted((tmp_path / "res" / "lqr").glob("*[0-9a-f].csv")))
     assert frame["run_id"].nunique() == 2 and len(frame) == 4
     spread = frame.groupby("run_id")["test_loss"].nunique().sort_values()

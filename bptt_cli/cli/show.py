@@ -46,10 +46,11 @@ def print_plan(
     first = specs[0]
     levels = sorted({s.level for s in specs})
     mine = f"; this worker's share: {share[0]}/{share[1]}" if share else ""
+    options = "".join(f"{key} {value}, " for key, value in first.options)
     err_console.print(
         f"{exp.name} [{scale.lower()}]: {len(specs)} run(s) × {len(first.seeds)} seed(s); "
         f"{first.level_key} {levels}, flows {in_order(s.flow for s in specs)}, clips {in_order(s.clip for s in specs)}; "
-        f"{first.epochs} epochs, {first.n_data} states, batch {first.batch_size}, {first.optimizer} lr {first.learning_rate:g}, "
+        f"{options}{first.epochs} epochs, {first.n_data} states, batch {first.batch_size}, {first.optimizer} lr {first.learning_rate:g}, "
         f"data seed {first.data_seed}, seeds {first.seeds[0]}..{first.seeds[-1]}{mine} → {out / exp.name}",
         markup=False,
     )

@@ -62,13 +62,16 @@ PROFILES = {
         platform="gpu",
         merge_flows=True,
         pad_levels=True,
-        unroll=4,
+        unroll=8,
         basis=(
             "UNMEASURED on a GPU (none was available when this was written): chosen from public "
             "evidence that small loop bodies are launch-bound on GPUs (jax-ml/jax#2491, #30245), "
-            "so fewer, wider programs and some unrolling should win; XLA's while-loop command "
-            "buffers are left at XLA's defaults because recent reports show crashes "
-            "(openxla/xla#35760). Run `make bench` on a GPU to measure and revise."
+            "so fewer, wider programs; unroll 8 from kernel launches counted in the programs "
+            "compiled for an H100 without one (bench/launches.py: the paper's three programs "
+            "launch 256 059 kernels per epoch at unroll 4, 216 911 at 8, 203 541 at 16, which "
+            "compiles twice as long); XLA's while-loop command buffers are left at XLA's defaults "
+            "because recent reports show crashes (openxla/xla#35760). Run `make bench` on a GPU "
+            "to measure and revise."
         ),
     ),
 }

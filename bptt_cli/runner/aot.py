@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
@@ -95,6 +95,7 @@ class TargetCompile:
     compile_seconds: float
     memory_bytes: int
     launches_per_epoch: int
+    hlo: str = field(repr=False, default="")  # the optimized HLO the launches were counted in
 
     def fits(self) -> bool:
         return self.memory_bytes <= device_memory(self.target)
@@ -132,7 +133,8 @@ def compile_for(program: Program, target: str, profile: devices.Profile | None =
         + memory.temp_size_in_bytes
         - memory.alias_size_in_bytes
     )
-    return TargetCompile(program, target, seconds, int(peak), kernel_launches(compiled.as_text()))
+    text = compiled.as_text()
+    return TargetCompile(program, target, seconds, int(peak), kernel_launches(text), text)
 
 
 # --- counting kernels in optimized HLO text --------------------------------------------------
