@@ -60,24 +60,18 @@ def narrow(specs, tmp_path_factory):
 
 
 def test_wide_layout_is_one_program_and_equals_narrow(specs, narrow, tmp_path):
-    report = runner.run(specs, tmp_path, profile=WIDE)
+    """The GPU layout as a GPU compiles it: flows as per-row gates, levels padded, and the GPU
+    profile's horizon unroll (cart-pole's 100 steps are not a multiple of it: the remainder
+    steps run outside the loop)."""
+    gpu_unroll = devices.profile("gpu").unroll
+    assert gpu_unroll > 1 and 100 % gpu_unroll
+    report = runner.run(specs, tmp_path, profile=replace(WIDE, unroll=gpu_unroll))
     assert len(report.programs) == 1  # flows as gates, 1 and 2 poles padded to 2
     assert "padded to 2" in report.programs[0] and "16 rows" in report.programs[0]
     wide = table(tmp_path)
     assert wide.index.equals(narrow.index)
-    # Padding and per-row gates change only the order of float32 reductions.
+    # Padding, per-row gates and unrolling change only the order of float32 reductions.
     np.testing.assert_allclose(wide.to_numpy(), narrow.to_numpy(), rtol=2e-5, atol=1e-7, equal_nan=True)
-
-
-def test_the_gpu_unroll_changes_no_result(specs, narrow, tmp_path):
-    """The wide layout with the GPU profile's horizon unroll (its remainder steps outside the
-    loop: cart-pole's 100 steps are not a multiple of it) gives the narrow layout's metrics."""
-    gpu_unroll = devices.profile("gpu").unroll
-    assert gpu_unroll > 1 and 100 % gpu_unroll
-    runner.run(specs, tmp_path, profile=replace(WIDE, unroll=gpu_unroll))
-    unrolled = table(tmp_path)
-    assert unrolled.index.equals(narrow.index)
-    np.testing.assert_allclose(unrolled.to_numpy(), narrow.to_numpy(), rtol=2e-5, atol=1e-7, equal_nan=True)
 
 
 def test_a_run_alone_equals_the_run_in_its_group(specs, narrow, tmp_path):
