@@ -29,7 +29,6 @@ from bptt_cli.core import devices, plan
 from bptt_cli.runner import aot
 
 KINDS = ("gemm", "library", "reduce", "store", "concat", "copy", "elementwise")
-_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 
 
 def kind(instruction) -> str:
@@ -59,7 +58,7 @@ def loops(text: str) -> list[tuple[int, Counter]]:
     found = []
     for instructions in computations.values():
         for instruction in instructions:
-            trip = _TRIP.search(instruction.attributes)
+            trip = aot._TRIP.search(instruction.attributes)
             if instruction.opcode != "while" or not trip:
                 continue
             body = computations[aot._called(instruction.attributes, "body")[0]]

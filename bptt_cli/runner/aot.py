@@ -95,7 +95,7 @@ class TargetCompile:
     compile_seconds: float
     memory_bytes: int
     launches_per_epoch: int
-    hlo: str = field(repr=False, default="")  # the optimized HLO the launches were counted in
+    hlo: str = field(repr=False)  # the optimized HLO the launches were counted in
 
     def fits(self) -> bool:
         return self.memory_bytes <= device_memory(self.target)
