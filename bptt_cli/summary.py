@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 from bptt_cli import results
+from bptt_cli.core.flow_names import flow_rank
+from bptt_cli.core.optim import clip_rank
 
 KEYS = ["experiment", "problem", "level_key", "level", "flow", "clip"]
 COLUMNS = [
@@ -63,13 +65,21 @@ def summarize(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Da
             }
         )
     table = pd.DataFrame(rows, columns=COLUMNS)
-    table = table.sort_values(["experiment", "level", "flow", "clip"], key=_numeric_levels, ignore_index=True)
+    table = table.sort_values(["experiment", "level", "flow", "clip"], key=_figure_order, ignore_index=True)
     table["first_epoch_below"] = table["first_epoch_below"].astype("Int64")
     return table
 
 
-def _numeric_levels(column: pd.Series) -> pd.Series:
-    return pd.to_numeric(column, errors="coerce") if column.name == "level" else column
+def _figure_order(column: pd.Series) -> pd.Series:
+    """Sort key: levels by value, flows and clips in the figures' order (R, M, C, S; NORM,
+    VALUE, NONE)."""
+    if column.name == "level":
+        return pd.to_numeric(column, errors="coerce")
+    if column.name == "flow":
+        return column.map(flow_rank)
+    if column.name == "clip":
+        return column.map(clip_rank)
+    return column
 
 
 def _nan_stat(fn, values: np.ndarray) -> float:

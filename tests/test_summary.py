@@ -87,3 +87,19 @@ def test_smoothing_window_one_is_identity_and_trailing(window):
         np.testing.assert_array_equal(out, values)
     else:  # a trailing average lags a ramp by (window - 1) / 2 once past the padding
         np.testing.assert_allclose(out[40:], values[40:] - (window - 1) / 2)
+
+
+def test_rows_follow_the_figures_order():
+    """Levels by value (10 after 2), flows R, M, C, S, then truncations by k, clips NORM, VALUE,
+    NONE: the order of the figures' legends, not the alphabet."""
+    base = synthetic().query("flow == 'R' and seed == 0")
+    frames = [
+        base.assign(run_id=f"{flow}-{clip}-{level}", flow=flow, clip=clip, level=level)
+        for level in (10, 2)
+        for flow in ("T10", "S", "C", "T2", "M", "R")
+        for clip in ("NONE", "VALUE", "NORM")
+    ]
+    table = summary.summarize(pd.concat(frames), {})
+    keys = list(zip(table["level"], table["flow"], table["clip"], strict=True))
+    flows = ["R", "M", "C", "S", "T2", "T10"]
+    assert keys == [(lv, f, c) for lv in (2, 10) for f in flows for c in ("NORM", "VALUE", "NONE")]
