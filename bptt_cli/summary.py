@@ -75,11 +75,11 @@ def _figure_order(column: pd.Series) -> pd.Series:
     VALUE, NONE)."""
     if column.name == "level":
         return pd.to_numeric(column, errors="coerce")
-    if column.name == "flow":
-        return column.map(flow_rank)
-    if column.name == "clip":
-        return column.map(clip_rank)
-    return column
+    rank = {"flow": flow_rank, "clip": clip_rank}.get(str(column.name))
+    if rank is None:
+        return column
+    position = {value: i for i, value in enumerate(sorted(column.unique(), key=rank))}
+    return column.map(position)
 
 
 def _nan_stat(fn, values: np.ndarray) -> float:
