@@ -71,8 +71,8 @@ def summarize(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Da
 
 
 def _figure_order(column: pd.Series) -> pd.Series:
-    """Sort key: levels by value, flows and clips in the figures' order (R, M, C, S; NORM,
-    VALUE, NONE)."""
+    """Sort key: levels by value, flows in the figures' order (R, M, C, S, then T<k> by k), clips
+    in the order runs are preferred for drawing (NORM, VALUE, NONE: ``optim.CLIP_PREFERENCE``)."""
     if column.name == "level":
         return pd.to_numeric(column, errors="coerce")
     rank = {"flow": flow_rank, "clip": clip_rank}.get(str(column.name))

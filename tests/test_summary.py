@@ -90,8 +90,8 @@ def test_smoothing_window_one_is_identity_and_trailing(window):
 
 
 def test_rows_follow_the_figures_order():
-    """Levels by value (10 after 2), flows R, M, C, S, then truncations by k, clips NORM, VALUE,
-    NONE: the order of the figures' legends, not the alphabet."""
+    """Levels by value (10 after 2), flows R, M, C, S, then truncations by k (the figures'
+    order), clips NORM, VALUE, NONE (the clip preference): not the alphabet."""
     base = synthetic().query("flow == 'R' and seed == 0")
     frames = [
         base.assign(run_id=f"{flow}-{clip}-{level}", flow=flow, clip=clip, level=level)
