@@ -300,7 +300,15 @@ def section_grid(profile) -> None:
         return
     cores = devices.usable_cores()
     workers = min(cores, len(programs))
-    every = [estimate.program_seconds(p, entries, max(1, cores // workers)) for p in programs]
+    per_worker = max(1, cores // workers)
+    fit = replace(profile, fit_cores=per_worker)
+    available = devices.cpu_devices({}, per_worker)[0]
+    every = [
+        estimate.program_seconds(
+            p, entries, devices.rows_per_core(p.rows, fit.devices_for(p.rows, available), per_worker)
+        )
+        for p in programs
+    ]
     print(
         f"{len(programs)} programs, estimated wall time on one device (the releases before every-core): "
         f"{estimate.fmt(sum(one))}; on all {cores} cores ({workers} workers): "

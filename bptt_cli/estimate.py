@@ -6,9 +6,9 @@ under ``$BPTT_CACHE_DIR`` (default ``~/.cache/bptt-cli``) keyed by a fingerprint
 machine. ``bptt-run --dry-run`` reads them back: a program's time is its compile time plus its
 epochs times the seconds per epoch at its row count (interpolated linearly between measured
 row counts), scaled by its number of minibatches per epoch. The figures are for one device; a
-program whose rows are sharded over D devices is timed at its rows per device, and W worker
-processes share the programs (the wall time is about the programs' sum over W, at least the
-longest one).
+program whose rows are sharded over devices is timed at its load per core
+(``devices.rows_per_core``), and W worker processes share the programs (the wall time is about
+the programs' sum over W, at least the longest one).
 """
 
 from __future__ import annotations
@@ -109,9 +109,11 @@ def _interpolate(points: list[tuple[int, float]], rows: int) -> float:
     return float(seconds[-1] + (seconds[-1] - seconds[-2]) / (at[-1] - at[-2]) * (rows - at[-1]))
 
 
-def program_seconds(program, entries: list[dict[str, Any]], devices: int = 1) -> float | None:
-    """Estimated wall time of a ``plan.Program`` with its rows sharded over ``devices`` (None
-    without matching bench figures)."""
+def program_seconds(
+    program, entries: list[dict[str, Any]], rows_per_core: float | None = None
+) -> float | None:
+    """Estimated wall time of a ``plan.Program`` whose load is ``rows_per_core`` (default: all
+    its rows on one core), None without matching bench figures."""
     gradients = 1 if program.single_gradient else 2
     matching = [e for e in entries if e["problem"] == program.problem and e["gradients"] == gradients]
     if not matching:
@@ -119,8 +121,8 @@ def program_seconds(program, entries: list[dict[str, Any]], devices: int = 1) ->
     batches = program.n_data / program.batch_size
     points = [(e["rows"], e["epoch_seconds"] * batches / (e["n_data"] / e["batch_size"])) for e in matching]
     compile_seconds = max(e["compile_seconds"] for e in matching)
-    rows_per_device = -(-program.rows // devices)
-    return compile_seconds + (program.epochs - program.start_epoch) * _interpolate(points, rows_per_device)
+    load = program.rows if rows_per_core is None else rows_per_core
+    return compile_seconds + (program.epochs - program.start_epoch) * _interpolate(points, load)
 
 
 def plan_seconds(seconds: list[float], workers: int = 1) -> float:

@@ -2,29 +2,100 @@
 and results that do not depend on either (diagnostics included, on several devices)."""
 
 import json
+import os
+import shutil
+import subprocess
 
 import pandas as pd
 import pytest
-from clitools import cli, definition, metrics
+from clitools import BIN, cli, definition, env_for, metrics
 
 from bptt_cli import results
 from bptt_cli.core import devices
 from bptt_cli.workers import core_groups
 
+FIT_WHY = "two per usable core (6); each program uses those that split its rows best"
+
 
 @pytest.mark.parametrize(
     ("env", "requested", "expected"),
     [
-        ({}, None, (6, "one per usable core (6)", True)),
+        ({}, None, (12, FIT_WHY, True)),
         ({}, 2, (2, "--devices 2", True)),
         ({"JAX_NUM_CPU_DEVICES": "3"}, None, (3, "JAX_NUM_CPU_DEVICES", False)),
         ({"JAX_NUM_CPU_DEVICES": "3"}, 5, (5, "--devices 5", True)),  # the option wins over the variable
         ({"XLA_FLAGS": "--a=1 --xla_force_host_platform_device_count=4 --b"}, None, (4, "XLA_FLAGS", False)),
-        ({"XLA_FLAGS": "--xla_backend_optimization_level=0"}, None, (6, "one per usable core (6)", True)),
+        ({"XLA_FLAGS": "--xla_backend_optimization_level=0"}, None, (12, FIT_WHY, True)),
     ],
 )
 def test_cpu_device_count(env, requested, expected):
     assert devices.cpu_devices(env, cores=6, requested=requested) == expected
+
+
+def test_one_core_gets_one_device():
+    assert devices.cpu_devices({}, cores=1) == (1, "one per usable core (1)", True)
+
+
+@pytest.mark.parametrize(
+    ("rows", "available", "cores", "used"),
+    [
+        (9, 4, 2, 3),  # 3 rows per device, 1.5 devices per core: 4.5 rows per core (2 devices: 5)
+        (3, 4, 2, 3),  # 1.5 rows per core (2 devices: 2, with a filler)
+        (10, 4, 2, 2),  # 5 (3 devices: 4 rows each x 1.5 = 6)
+        (6, 4, 2, 2),  # 3, as on 3 devices: the fewer
+        (144, 4, 2, 2),
+        (1, 4, 2, 1),
+        (9, 1, 2, 1),  # only one device
+        (9, 4, 1, 1),  # one core: more devices only add fillers
+        (9, 8, 4, 5),  # 2 rows per device (one a filler), 1.25 devices per core: 2.5 (3 devices: 3)
+    ],
+)
+def test_a_program_takes_the_devices_that_split_its_rows_best(rows, available, cores, used):
+    assert devices.fit_devices(rows, available, cores) == used
+    fitted = devices.Profile(platform="cpu", merge_flows=False, pad_levels=False, fit_cores=cores)
+    assert fitted.devices_for(rows, available) == used
+    assert devices.Profile(platform="cpu", merge_flows=False, pad_levels=False).devices_for(rows, 3) == min(
+        rows, 3
+    )
+
+
+def test_rows_per_core():
+    assert devices.rows_per_core(9, 2, 2) == 5  # one filler row
+    assert devices.rows_per_core(9, 3, 2) == 4.5
+    assert devices.rows_per_core(9, 1, 2) == 9  # a second core idles
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_default_devices_split_rows_evenly_with_the_same_results(tmp_path, jax_cache):
+    """One process on 2 cores with the default device count (4): a program of 3 rows (one clip
+    x 3 seeds) is sharded over 3 devices, one row each, not over 2 with a filler row, and its
+    metrics equal those of one device."""
+    taskset = shutil.which("taskset")  # util-linux; a fork in this (jax) process could deadlock
+    if taskset is None:
+        pytest.skip("needs taskset (util-linux) to run a command on 2 cores")
+    path = definition(tmp_path, epochs=2, seeds=3, diagnostics=False)
+    pinned = [taskset, "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))[:2]))]
+    outputs = {}
+    for label, args in {"1": ["--devices", "1"], "default": ["--workers", "1"]}.items():
+        outputs[label] = tmp_path / label
+        result = subprocess.run(
+            [*pinned, BIN / "bptt-run", path, "--clip", "NORM", "--out", outputs[label], *args],
+            cwd=tmp_path,
+            env=env_for(jax_cache),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        metas = [json.loads(p.read_text()) for p in (outputs[label] / "tiny").glob("*.json")]
+        assert len(metas) == 2  # flows R and C
+        assert all(len(m["devices"]) == (1 if label == "1" else 3) for m in metas), [
+            m["devices"] for m in metas
+        ]
+    assert "4 CPU device(s): two per usable core (2)" in result.stderr
+    pd.testing.assert_frame_equal(
+        metrics(outputs["default"] / "tiny"), metrics(outputs["1"] / "tiny"), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -37,8 +108,6 @@ def test_bad_cpu_device_count(env, requested):
 
 
 def test_usable_cores_follow_the_affinity():
-    import os
-
     assert devices.usable_cores() == len(os.sched_getaffinity(0))
 
 

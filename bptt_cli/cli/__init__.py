@@ -98,8 +98,10 @@ def run(
         typer.Option(
             "--devices",
             metavar="N",
-            help="jax CPU devices to spread programs and rows over [default: one per core this "
-            "process may use, unless JAX_NUM_CPU_DEVICES or XLA_FLAGS set a count].",
+            help="jax CPU devices to spread a program's rows over, up to one per row [default: two per "
+            "core this process may use, of which each program takes those that split its rows "
+            "best (9 rows on 2 cores: 3 devices); one on one core; JAX_NUM_CPU_DEVICES or "
+            "XLA_FLAGS win].",
         ),
     ] = None,
     shard: Annotated[
@@ -211,15 +213,16 @@ def run(
     from bptt_cli import workers as pool
     from bptt_cli.core import devices
 
-    profile = devices.profile("gpu", grouping.lower()) if target else devices.current(grouping.lower())
+    if target:
+        profile = devices.profile("gpu", grouping.lower())
+    else:
+        profile = checks.fit_profile(devices.current(grouping.lower()), cpu_devices)
     if target is not None:
         show.print_plan(exp, scale, specs, out, share, None, 1)
         if not show.print_target_programs(mine, out, profile, target):
             raise typer.Exit(1)
         return
-    n_workers = (
-        checks.n_workers(workers, profile, cpu_devices, devices_count, mine, out) if worker is None else 1
-    )
+    n_workers = checks.n_workers(workers, profile, cpu_devices, mine, out) if worker is None else 1
     if worker is None:
         show.print_plan(exp, scale, specs, out, share, cpu_devices, n_workers)
     if dry_run:

@@ -11,9 +11,10 @@ from bptt_cli.config import UserError
 from bptt_cli.results import LockError
 
 
-def set_cpu_devices(requested: int | None) -> tuple[int, str]:
-    """Give jax one CPU device per usable core (or the count asked for), before it is imported:
-    jax reads ``JAX_NUM_CPU_DEVICES`` when it starts. Returns the count and why."""
+def set_cpu_devices(requested: int | None) -> tuple[int, str, bool]:
+    """Give jax two CPU devices per usable core (or the count asked for), before it is imported:
+    jax reads ``JAX_NUM_CPU_DEVICES`` when it starts. Returns the count, why, and whether we
+    chose it (then programs fit their device count to their rows: ``fit_profile``)."""
     from bptt_cli.core import devices
 
     try:
@@ -22,7 +23,19 @@ def set_cpu_devices(requested: int | None) -> tuple[int, str]:
         raise UserError(str(err)) from None
     if ours:
         os.environ["JAX_NUM_CPU_DEVICES"] = str(count)
-    return count, why
+    return count, why, ours and requested is None
+
+
+def fit_profile(profile, cpu_devices: tuple[int, str, bool]):
+    """On a CPU whose device count we chose, programs take the devices that split their rows
+    best on this process's cores (``devices.fit_devices``); an explicit count is used as given."""
+    from dataclasses import replace
+
+    from bptt_cli.core import devices
+
+    if profile.platform != "cpu" or not cpu_devices[2]:
+        return profile
+    return replace(profile, fit_cores=devices.usable_cores())
 
 
 def check_target(target: str, dry_run: bool) -> None:
@@ -155,7 +168,7 @@ def _trace_key(spec, problem) -> tuple:
     return (spec.problem_ref, spec.level if problem.level_is_static else None, spec.options)
 
 
-def n_workers(asked: int | None, profile, cpu_devices, devices_count, specs, out: Path) -> int:
+def n_workers(asked: int | None, profile, cpu_devices, specs, out: Path) -> int:
     """Worker processes for this machine: as asked (at most one per usable core), else on a CPU
     whose device count we chose one per core, at most one per program; else 1."""
     from bptt_cli import problems, runner
@@ -166,7 +179,7 @@ def n_workers(asked: int | None, profile, cpu_devices, devices_count, specs, out
     cores = devices.usable_cores()
     if asked is not None:
         return min(asked, cores)
-    if profile.platform != "cpu" or devices_count is not None or not cpu_devices[1].startswith("one per"):
+    if profile.platform != "cpu" or not cpu_devices[2]:
         return 1
     programs = plan.plan(runner.pending_work(specs, out), profile, problems.get)
     return max(1, min(cores, len(programs)))

@@ -150,10 +150,12 @@ def build(
     cache: ProgramCache | None = None,
     saved: dict[str, list[np.ndarray]] | None = None,
 ) -> Built:
-    """Compile ``program`` with its rows sharded over every device of the process; ``saved``
-    maps run ids to checkpointed state leaves to resume from."""
+    """Compile ``program`` with its rows sharded over the process's devices (as many as the
+    profile gives a program of its rows); ``saved`` maps run ids to checkpointed state leaves to
+    resume from."""
     cache = cache if cache is not None else ProgramCache()
     on = tuple(jax.devices())
+    on = on[: profile.devices_for(program.rows, len(on))]
     problem = problems.get(program.problem_ref)
     p = prepare(program, profile, len(on), cache)
     task_of, data, layout, data_axis, static = p.task_of, p.data, p.layout, p.data_axis, p.static
