@@ -143,7 +143,7 @@ def test_same_results_on_1_2_and_3_devices_and_with_workers(tmp_path, jax_cache)
         outputs[label] = out
         metas = [json.loads(p.read_text()) for p in (out / "tiny").glob("*.json")]
         if label == "workers":
-            assert "2 worker processes" in result.stderr
+            assert f"on {len(os.sched_getaffinity(0))} CPU cores: 2 worker processes" in result.stderr
             assert len({m["history"][0]["worker"] for m in metas}) == 2  # both workers trained
             assert all(m["devices"] == ["cpu:0"] for m in metas)  # each on its one core
         else:

@@ -68,9 +68,11 @@ def devices_line(devices: list, cpu_devices: tuple[int, str], rows: int, n_worke
     if kind != "cpu":
         return f"on {len(devices)} {kind.upper()} device(s) ({devices[0].device_kind})"
     if n_workers > 1:
+        from bptt_cli.core.devices import usable_cores
+
         return (
-            f"on {cpu_devices[0]} CPU cores: {n_workers} worker processes, each pinned to its own cores "
-            f"and training its own programs ({cpu_devices[1]}; --workers 1 for one process)"
+            f"on {usable_cores()} CPU cores: {n_workers} worker processes, each pinned to its own cores "
+            "and training its own programs (--workers 1 for one process)"
         )
     line = f"on {len(devices)} CPU device(s): {cpu_devices[1]}"
     if len(devices) > rows:
