@@ -300,13 +300,9 @@ def section_grid(profile) -> None:
         return
     cores = devices.usable_cores()
     workers = min(cores, len(programs))
-    per_worker = max(1, cores // workers)
-    fit = replace(profile, fit_cores=per_worker)
-    available = devices.cpu_devices({}, per_worker)[0]
+    fit, per_worker = replace(profile, fit_cores=1), max(1, cores // workers)
     every = [
-        estimate.program_seconds(
-            p, entries, devices.rows_per_core(p.rows, fit.devices_for(p.rows, available), per_worker)
-        )
+        estimate.program_seconds(p, entries, devices.program_load(fit, p.rows, per_worker)[1])
         for p in programs
     ]
     print(

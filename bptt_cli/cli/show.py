@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -97,8 +96,6 @@ def print_programs(specs, out: Path, profile, n_workers: int) -> None:
     device = jax.devices()[0]
     cores = max(1, devices.usable_cores() // n_workers)  # each worker's
     n_devices = devices.cpu_devices({}, cores)[0] if n_workers > 1 else len(jax.devices())
-    if profile.fit_cores:
-        profile = replace(profile, fit_cores=cores)
     where = f"{n_workers} worker processes of {n_devices} device(s) each" if n_workers > 1 else "one process"
     out_console.print(
         f"{len(programs)} program(s) on {device.platform} ({device.device_kind}, {len(jax.devices())} device(s)), "
@@ -108,8 +105,8 @@ def print_programs(specs, out: Path, profile, n_workers: int) -> None:
     figures = estimate.load()
     times = []
     for i, program in enumerate(programs, 1):
-        used = profile.devices_for(program.rows, n_devices)
-        seconds = estimate.program_seconds(program, figures, devices.rows_per_core(program.rows, used, cores))
+        used, load = devices.program_load(profile, program.rows, cores, n_devices)
+        seconds = estimate.program_seconds(program, figures, load)
         times.append(seconds)
         on = f" · on {used} devices" if used > 1 else ""
         guess = "" if seconds is None else f"  ~{estimate.fmt(seconds)}"

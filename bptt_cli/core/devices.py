@@ -134,6 +134,16 @@ def fit_devices(rows: int, available: int, cores: int) -> int:
     return min(range(1, max(1, min(rows, available)) + 1), key=lambda k: (rows_per_core(rows, k, cores), k))
 
 
+def program_load(profile: Profile, rows: int, cores: int, available: int | None = None) -> tuple[int, float]:
+    """``(devices used, rows_per_core)`` of a program of ``rows`` rows in a process on ``cores``
+    cores with ``available`` devices (default: the count ``cpu_devices`` gives such a process);
+    a fitting profile fits to those cores."""
+    if profile.fit_cores:
+        profile = replace(profile, fit_cores=cores)
+    used = profile.devices_for(rows, cpu_devices({}, cores)[0] if available is None else available)
+    return used, rows_per_core(rows, used, cores)
+
+
 def cpu_devices(env: Mapping[str, str], cores: int, requested: int | None = None) -> tuple[int, str, bool]:
     """How many jax CPU devices a process should have: ``(count, why, set_by_us)``.
 
