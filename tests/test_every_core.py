@@ -98,6 +98,31 @@ def test_default_devices_split_rows_evenly_with_the_same_results(tmp_path, jax_c
     )
 
 
+def test_a_lapack_kernel_on_as_many_devices_as_cores_does_not_hang(tmp_path, jax_cache):
+    """Quantum's tridiagonal solve is jaxlib's LAPACK kernel, which blocks an XLA pool thread
+    while other pool threads solve parts of its batch. ``--devices 2`` on two cores (a pool of
+    two threads) hung at paper scale (256 states) every time, until the process gave the pool
+    a spare thread (``devices.intra_op_threads``). The run takes ~20 s alone on 2 cores; the
+    timeout only catches the hang."""
+    taskset = shutil.which("taskset")  # util-linux; a fork in this (jax) process could deadlock
+    if taskset is None:
+        pytest.skip("needs taskset (util-linux) to run a command on at most 2 cores")
+    pinned = [taskset, "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))[:2]))]
+    args = "quantum --scale paper --level 3 --clip NORM --flow R --seeds 2 --epochs 1 --devices 2"
+    result = subprocess.run(
+        [*pinned, BIN / "bptt-run", *args.split(), "--no-diagnostics", "--out", tmp_path / "out"],
+        cwd=tmp_path,
+        env=env_for(jax_cache),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "on 2 CPU device(s): --devices 2" in result.stderr
+    losses = metrics(tmp_path / "out" / "quantum")["test_loss"]
+    assert len(losses) == 2 and losses.notna().all()
+
+
 @pytest.mark.parametrize(
     ("env", "requested"),
     [({"JAX_NUM_CPU_DEVICES": "x"}, None), ({"JAX_NUM_CPU_DEVICES": "0"}, None), ({}, 0), ({}, -3)],

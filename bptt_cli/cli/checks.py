@@ -12,17 +12,21 @@ from bptt_cli.results import LockError
 
 
 def set_cpu_devices(requested: int | None) -> tuple[int, str, bool]:
-    """Give jax two CPU devices per usable core (or the count asked for), before it is imported:
-    jax reads ``JAX_NUM_CPU_DEVICES`` when it starts. Returns the count, why, and whether we
-    chose it (then programs fit their device count to their rows: ``fit_profile``)."""
+    """Give jax two CPU devices per usable core (or the count asked for), and XLA's intra-op pool
+    a thread more than it would take (``devices.intra_op_threads``: else jaxlib's LAPACK kernels
+    can deadlock a program on every device), before jax is imported: both are read when jax
+    starts. Returns the count, why, and whether we chose it (then programs fit their device
+    count to their rows: ``fit_profile``)."""
     from bptt_cli.core import devices
 
+    cores = devices.usable_cores()
     try:
-        count, why, ours = devices.cpu_devices(os.environ, devices.usable_cores(), requested)
+        count, why, ours = devices.cpu_devices(os.environ, cores, requested)
     except ValueError as err:
         raise UserError(str(err)) from None
     if ours:
         os.environ["JAX_NUM_CPU_DEVICES"] = str(count)
+    os.environ["NPROC"] = str(devices.intra_op_threads(cores, count))
     return count, why, ours and requested is None
 
 

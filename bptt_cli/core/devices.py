@@ -168,6 +168,19 @@ def cpu_devices(env: Mapping[str, str], cores: int, requested: int | None = None
     return 2 * cores, f"two per usable core ({cores}); each program uses those that split its rows best", True
 
 
+def intra_op_threads(cores: int, count: int) -> int:
+    """Threads to give XLA's CPU intra-op pool in a process of ``count`` CPU devices on ``cores``
+    usable cores: one more than XLA's own choice, ``max(cores, count)``.
+
+    jaxlib's LAPACK kernels (quantum's tridiagonal solve, the diagnostics' SVD) split a batch
+    over that pool and block one of its threads until the parts are done. A program sharded over
+    as many devices as the pool has threads can block every thread at once, and then nothing
+    runs the parts: ``--devices 2`` on two cores hung quantum at paper scale, every time. With
+    a spare thread some thread is always free to run them. XLA takes the pool's size from the
+    environment variable ``NPROC`` where it is set (else the usable cores)."""
+    return max(cores, count) + 1
+
+
 def _positive(text: str, name: str) -> int:
     try:
         value = int(text)
