@@ -65,26 +65,34 @@ def test_rows_per_core():
     assert devices.rows_per_core(9, 1, 2) == 9  # a second core idles
 
 
+def bptt_run_on_two_cores(*args, cwd, cache) -> subprocess.CompletedProcess:
+    """``bptt-run args`` pinned to at most 2 of this process's cores, by ``taskset`` (a fork in
+    this jax process could deadlock), which util-linux provides; the test skips without it."""
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        pytest.skip("needs taskset (util-linux) to run a command on at most 2 cores")
+    pinned = [taskset, "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))[:2]))]
+    return subprocess.run(
+        [*pinned, BIN / "bptt-run", *map(str, args)],
+        cwd=cwd,
+        env=env_for(cache),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_default_devices_split_rows_evenly_with_the_same_results(tmp_path, jax_cache):
     """One process on 2 cores with the default device count (4): a program of 3 rows (one clip
     x 3 seeds) is sharded over 3 devices, one row each, not over 2 with a filler row, and its
     metrics equal those of one device."""
-    taskset = shutil.which("taskset")  # util-linux; a fork in this (jax) process could deadlock
-    if taskset is None:
-        pytest.skip("needs taskset (util-linux) to run a command on 2 cores")
     path = definition(tmp_path, epochs=2, seeds=3, diagnostics=False)
-    pinned = [taskset, "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))[:2]))]
     outputs = {}
     for label, args in {"1": ["--devices", "1"], "default": ["--workers", "1"]}.items():
         outputs[label] = tmp_path / label
-        result = subprocess.run(
-            [*pinned, BIN / "bptt-run", path, "--clip", "NORM", "--out", outputs[label], *args],
-            cwd=tmp_path,
-            env=env_for(jax_cache),
-            capture_output=True,
-            text=True,
-            timeout=300,
+        result = bptt_run_on_two_cores(
+            path, "--clip", "NORM", "--out", outputs[label], *args, cwd=tmp_path, cache=jax_cache
         )
         assert result.returncode == 0, result.stderr
         metas = [json.loads(p.read_text()) for p in (outputs[label] / "tiny").glob("*.json")]
@@ -104,18 +112,9 @@ def test_a_lapack_kernel_on_as_many_devices_as_cores_does_not_hang(tmp_path, jax
     two threads) hung at paper scale (256 states) every time, until the process gave the pool
     a spare thread (``devices.intra_op_threads``). The run takes ~20 s alone on 2 cores; the
     timeout only catches the hang."""
-    taskset = shutil.which("taskset")  # util-linux; a fork in this (jax) process could deadlock
-    if taskset is None:
-        pytest.skip("needs taskset (util-linux) to run a command on at most 2 cores")
-    pinned = [taskset, "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))[:2]))]
     args = "quantum --scale paper --level 3 --clip NORM --flow R --seeds 2 --epochs 1 --devices 2"
-    result = subprocess.run(
-        [*pinned, BIN / "bptt-run", *args.split(), "--no-diagnostics", "--out", tmp_path / "out"],
-        cwd=tmp_path,
-        env=env_for(jax_cache),
-        capture_output=True,
-        text=True,
-        timeout=400,
+    result = bptt_run_on_two_cores(
+        *args.split(), "--no-diagnostics", "--out", tmp_path / "out", cwd=tmp_path, cache=jax_cache
     )
     assert result.returncode == 0, result.stderr
     assert "on 2 CPU device(s): --devices 2" in result.stderr
