@@ -30,11 +30,12 @@ def plot_all(results_dir: Path, figures_dir: Path) -> list[Path]:
 
     Per experiment: the test-loss curves (from the run CSVs), the gradient diagnostics (from
     ``*.diagnostics.csv``, where there are any) and the trajectory picture (from
-    ``*.trajectories.npz``, where there are any); then the toy figures. Returns the paths
-    written (empty when there are no results at all).
+    ``*.trajectories.npz``, where there are any); over the paper's problems, the overview of R
+    against C; then the toy figures. Returns the paths written (empty when there are no
+    results at all).
     """
     from bptt_cli import results, summary
-    from bptt_cli.plotting import curves, diagnostics, toy, trajectories
+    from bptt_cli.plotting import curves, diagnostics, overview, toy, trajectories
 
     results_dir, figures_dir = Path(results_dir), Path(figures_dir)
     written: list[Path] = []
@@ -43,6 +44,7 @@ def plot_all(results_dir: Path, figures_dir: Path) -> list[Path]:
         frame = curves.latest_runs(frame)
         for experiment, rows in frame.groupby("experiment", sort=True):
             written += curves.plot_experiment(str(experiment), rows, figures_dir)
+        written += overview.plot_overview(frame, figures_dir)
         written += summary.write(frame, results.read_metas(results_dir), results_dir)
     diagnosed = results.read_results(results_dir, kind="diagnostics")
     if not diagnosed.empty:
