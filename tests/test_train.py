@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bptt_cli.core import flows, train
+from bptt_cli.core.task import Task
 from bptt_cli.problems import cartpole
 
 N_DATA = 16
@@ -40,15 +41,15 @@ _CACHE = {}
 
 
 def program(task, flow):
-    if flow not in _CACHE:
+    if (task, flow) not in _CACHE:
         setup = train.Setup(flow, "adam", 8)
         task_of = lambda level: task  # noqa: E731
         chunk = partial(train.train_chunk, task_of, setup, MAX_EPOCHS)
-        _CACHE[flow] = (
+        _CACHE[(task, flow)] = (
             jax.jit(jax.vmap(partial(train.init_state, task_of, setup))),
             jax.jit(jax.vmap(chunk, in_axes=(0, 0, None, None, None))),
         )
-    return _CACHE[flow]
+    return _CACHE[(task, flow)]
 
 
 def train_runs(task, data, flow, hy, n_epochs=MAX_EPOCHS, chunks=None):
@@ -125,11 +126,16 @@ def test_nan_seed_is_flagged_and_isolated(task, data):
 
 
 def test_clip_value_rows_share_the_program_and_differ(task, data):
+    """Two clip thresholds as two rows of one compiled call: the clip acts on the row whose
+    threshold is small and on no other, and the rows' training differs."""
     hy = hypers([0, 0], clip_value=jnp.asarray([jnp.inf, 1e-4]), clip_norm=jnp.inf)
     _, m, _ = train_runs(task, data, "R", hy)
+    assert np.all(m["clip_active_fraction"][0] == 0) and np.all(m["clip_active_fraction"][1] == 1)
     assert not np.allclose(m["test_loss"][0], m["test_loss"][1])
-    # update_sq_norm is measured before clipping, so the first update sees the same gradient.
-    assert m["batch_loss"][0, 0] == m["batch_loss"][1, 0]
+    _, chunk = program(task, "R")
+    size = chunk._cache_size()
+    train_runs(task, data, "R", hypers([0, 0], clip_value=jnp.asarray([1.0, 1e-3]), clip_norm=jnp.inf))
+    assert chunk._cache_size() == size  # other thresholds, the same program
 
 
 def test_chunk_length_is_traced_not_recompiled(task, data):
@@ -143,3 +149,18 @@ def test_chunk_length_is_traced_not_recompiled(task, data):
     for n in (2, 3, 1):
         state, _, _ = chunk(state, hy, *data, jnp.int32(n))
     assert chunk._cache_size() == size
+
+
+def test_an_overflowing_update_norm_under_norm_marks_the_run_diverged(task, data):
+    """SPEC §3, as released: tf.clip_by_global_norm turns an update whose sum of squares
+    overflows float32 into NaN, so the run dies at its first update (optax's clip would hand
+    Adam a zero update and the run would go on, unflagged)."""
+    huge = Task(**{**task.__dict__, "loss": lambda xs, us: (1e30 * task.loss(xs, us)[0], {})})
+    hy = hypers([0, 1], clip_norm=1.0)
+    state, m, diverged = train_runs(huge, data, "R", hy)
+    assert np.all(m["update_sq_norm"] == np.inf)  # the overflow is real: sum of squares > 3.4e38
+    assert np.all(np.isfinite(m["batch_loss"]))  # every entry of the update is finite
+    assert diverged.all()
+    init, _ = program(huge, "R")
+    start = init(hy)  # stopped at the first update: the initial parameters, kept finite
+    jax.tree.map(np.testing.assert_array_equal, state.theta, start.theta)

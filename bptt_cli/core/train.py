@@ -36,6 +36,8 @@ class Setup:
       optimizer, batch_size: as in the run's configuration.
       pair: with per-row flows, whether some row is C (every row then computes two gradients).
       unroll: unroll factor of the horizon scan (a speed setting; results are unchanged).
+      precision: ``"float64"`` widens the initial parameters (drawn in float32, like the
+        data, so that both precisions start alike); the program is traced under jax's x64.
     """
 
     flow: str | None
@@ -43,6 +45,7 @@ class Setup:
     batch_size: int
     pair: bool = False
     unroll: int = 1
+    precision: str = "float32"
 
 
 class Hypers(NamedTuple):
@@ -66,8 +69,22 @@ def _optimizer(setup: Setup, hypers: Hypers) -> optax.GradientTransformation:
     return make_optimizer(setup.optimizer, hypers.learning_rate, hypers.clip_value, hypers.clip_norm)
 
 
+def widen(tree: PyTree, precision: str) -> PyTree:
+    """``tree``'s real floating leaves in ``precision`` (complex leaves to the matching complex)."""
+    if precision == "float32":
+        return tree
+    real, complex_ = jnp.dtype(precision), jnp.result_type(precision, jnp.complex64)
+
+    def cast(leaf):
+        if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+            return leaf.astype(complex_)
+        return leaf.astype(real) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+    return jax.tree.map(cast, tree)
+
+
 def init_state(task_of: TaskOf, setup: Setup, hypers: Hypers) -> TrainState:
-    theta = task_of(hypers.level).init_controller(hypers.key)
+    theta = widen(task_of(hypers.level).init_controller(hypers.key), setup.precision)
     return TrainState(theta, _optimizer(setup, hypers).init(theta), jnp.asarray(False))
 
 

@@ -21,7 +21,8 @@ GRID = {
 }
 FLOWS = ["R", "M", "S", "C", "T2"]
 CLIPS = ["NORM", "NONE"]
-TRAIN = {"seeds": 2, "epochs": 3, "n_data": 16, "batch_size": 8}
+# The stored values were trained with optax's Adam, the default up to 0.3.0 (now "adam-optax").
+TRAIN = {"seeds": 2, "epochs": 3, "n_data": 16, "batch_size": 8, "optimizer": "adam-optax"}
 KEYS = ["experiment", "level", "flow", "clip", "seed", "epoch"]
 METRICS = ["batch_loss", "train_loss", "test_loss", "update_sq_norm", "diverged"]
 
