@@ -17,7 +17,7 @@ from typing import Any
 from bptt_cli import problems
 from bptt_cli.core.flow_names import canonical_flow
 from bptt_cli.core.optim import OPTIMIZERS, Clip
-from bptt_cli.core.spec import RunSpec
+from bptt_cli.core.spec import PRECISIONS, RunSpec
 
 BUILTIN_PACKAGE = "bptt_cli.experiments"
 
@@ -31,6 +31,7 @@ TRAIN_KEYS: dict[str, type] = {
     "n_data": int,
     "batch_size": int,
     "optimizer": str,
+    "precision": str,
     "learning_rate": float,
     "clip_value": float,
     "clip_norm": float,
@@ -44,6 +45,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "n_data": 256,
     "batch_size": 8,
     "optimizer": "adam",
+    "precision": "float32",
     "learning_rate": 1e-3,
     "clip_value": 1.0,
     "clip_norm": 1.0,
@@ -209,6 +211,9 @@ def resolve(
     optimizer = train["optimizer"].lower()
     if optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {train['optimizer']!r}; allowed: {', '.join(OPTIMIZERS)}")
+    precision = train["precision"].lower()
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {train['precision']!r}; allowed: {', '.join(PRECISIONS)}")
 
     flows = [_flow(f) for f in _as_list(values.get("flows", ["R", "M", "C", "S"]), "flows")]
     clips = [_clip(c) for c in _as_list(values.get("clips", ["NORM"]), "clips")]
@@ -245,6 +250,7 @@ def resolve(
             threshold=None if threshold is None else float(threshold),
             problem_ref=exp.problem_source,
             diagnostics=diagnosed,
+            precision=precision,
         )
         for level in _unique(levels)
         for flow in _unique(flows)

@@ -16,6 +16,7 @@ BAD = [
     (["cartpole", "--flow", "X"], "unknown flow 'X'"),
     (["cartpole", "--clip", "sometimes"], "unknown clip 'sometimes'"),
     (["cartpole", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+    (["cartpole", "--precision", "float16"], "unknown precision 'float16'; allowed: float32, float64"),
     (["cartpole", "--scale", "huge"], "unknown scale 'huge'"),
     (["cartpole", "--level", "5"], "n_poles 5 is outside the grid"),
     (["cartpole", "--level", "two"], "invalid n_poles 'two'"),

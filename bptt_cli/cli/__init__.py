@@ -67,7 +67,18 @@ def run(
         ),
     ] = None,
     optimizer: Annotated[
-        str | None, typer.Option(help="adam, sgd, momentum-0.8/0.9/0.95, adagrad, adadelta, rmsprop.")
+        str | None,
+        typer.Option(
+            help="adam (Keras' rule, as released), adam-optax (the rule of releases up to 0.3.0), sgd, "
+            "momentum-0.8/0.9/0.95, adagrad, adadelta, rmsprop."
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="float32 (as released) or float64: the whole run in double precision (jax's x64); "
+            "float64 runs sit beside float32 runs of the same configuration."
+        ),
     ] = None,
     learning_rate: Annotated[
         float | None, typer.Option("--learning-rate", "--lr", help="Learning rate.")
@@ -195,6 +206,7 @@ def run(
         seeds=seeds,
         seed=seed,
         optimizer=optimizer,
+        precision=precision,
         learning_rate=learning_rate,
         batch_size=batch_size,
         data_seed=data_seed,

@@ -50,6 +50,7 @@ class Program:
     epochs: int
     start_epoch: int
     runs: tuple[RunSpec, ...]
+    precision: str = "float32"
 
     @property
     def rows(self) -> int:
@@ -74,10 +75,11 @@ class Program:
         shape = f" (padded to {self.level})" if self.levels_padded else ""
         clips = "/".join(sorted({s.clip for s in self.runs}))
         resume = f", resumes at epoch {self.start_epoch}" if self.start_epoch else ""
+        wide = f" · {self.precision}" if self.precision != "float32" else ""
         return (
             f"{self.problem} {first.level_key}={levels}{shape} · flows {','.join(self.flows)} · "
             f"clips {clips} · {len(self.runs)} run(s) × {len(first.seeds)} seed(s) = {self.rows} rows · "
-            f"{self.epochs} epochs{resume}"
+            f"{self.epochs} epochs{wide}{resume}"
         )
 
 
@@ -104,12 +106,26 @@ def plan(
             spec.data_seed,
             spec.epochs,
             start,
+            spec.precision,
         )
         groups.setdefault(key, []).append(spec)
 
     programs = []
     for key, specs in groups.items():
-        ref, options, padded, level, flow, optimizer, batch_size, n_data, data_seed, epochs, start = key
+        (
+            ref,
+            options,
+            padded,
+            level,
+            flow,
+            optimizer,
+            batch_size,
+            n_data,
+            data_seed,
+            epochs,
+            start,
+            precision,
+        ) = key
         programs.append(
             Program(
                 problem=specs[0].problem,
@@ -126,6 +142,7 @@ def plan(
                 epochs=epochs,
                 start_epoch=start,
                 runs=tuple(specs),
+                precision=precision,
             )
         )
     first_seen = {}

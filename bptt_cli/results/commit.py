@@ -233,7 +233,12 @@ class ProgramWriter:
 
 
 def _config_frame(spec: RunSpec, n: int, columns) -> pd.DataFrame:
-    return pd.DataFrame({name: getattr(spec, name) for name in columns}, index=range(n))
+    """The run's configuration columns; ``precision`` only where it is not float32, so that the
+    CSVs of earlier releases' runs (which have no such column) resume with the same columns."""
+    frame = pd.DataFrame({name: getattr(spec, name) for name in columns}, index=range(n))
+    if spec.precision != "float32":
+        frame.insert(list(columns).index("clip") + 1, "precision", spec.precision)
+    return frame
 
 
 def _iso(timestamp: float) -> str:

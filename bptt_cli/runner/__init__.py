@@ -19,14 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from bptt_cli import problems, results
 from bptt_cli.core import devices
 from bptt_cli.core.plan import MAX_CHUNK, Chunk, Program, plan
 from bptt_cli.core.spec import RunSpec
-from bptt_cli.runner.build import Built, ProgramCache, build
+from bptt_cli.runner.build import Built, ProgramCache, build, numerics
 from bptt_cli.runner.execute import execute
 
 __all__ = ["Built", "ProgramCache", "Progress", "Report", "build", "execute", "pending_work", "run"]
@@ -108,8 +107,7 @@ def run(
             report.found_complete.append(spec.run_id)
     if work:
         session = _Session(out, profile, report, cache or ProgramCache(), force, progress, work)
-        # Full float32 matrix products everywhere (a GPU would otherwise use TF32).
-        with _interrupt() as interrupt, jax.default_matmul_precision(profile.matmul_precision):
+        with _interrupt() as interrupt:  # numeric settings: build.numerics, per program
             programs = plan(work, profile, problems.get)
             first = rotate % len(programs)
             session.train(programs[first:] + programs[:first], interrupt)
@@ -145,9 +143,10 @@ class _Session:
         try:
             for program in programs:
                 for part in self._claim(program):
-                    job = self._start(part, interrupt)
-                    for chunk in job.chunks:
-                        self._commit(job, chunk)
+                    with numerics(self.profile, part.precision):
+                        job = self._start(part, interrupt)
+                        for chunk in job.chunks:
+                            self._commit(job, chunk)
                     self._finish(job)
                     if interrupt.requested:
                         self.report.interrupted = True
@@ -217,6 +216,7 @@ class _Session:
                 "grouping": "wide" if self.profile.merge_flows else "narrow",
                 "unroll": self.profile.unroll,
                 "matmul_precision": self.profile.matmul_precision,
+                "precision": program.precision,
             },
             "compile_seconds": round(built.compile_seconds, 3),
         }

@@ -31,7 +31,7 @@ from importlib import resources
 
 from bptt_cli.core import devices
 from bptt_cli.core.plan import Program
-from bptt_cli.runner.build import ProgramCache, prepare, shardings
+from bptt_cli.runner.build import ProgramCache, numerics, prepare, shardings
 
 # Host cost of launching one small kernel, low and high (seconds). Not measured on this
 # project's programs: the range NVIDIA's CUDA documentation and profiling guides give for the
@@ -108,11 +108,16 @@ class TargetCompile:
 
 def compile_for(program: Program, target: str, profile: devices.Profile | None = None) -> TargetCompile:
     """Compile ``program``'s chunk function for ``target`` as the runner compiles it on a GPU."""
+    profile = profile or devices.profile("gpu")
+    on = target_devices(target)
+    with numerics(profile, program.precision):
+        return _compile_for(program, target, profile, on)
+
+
+def _compile_for(program, target, profile, on) -> TargetCompile:
     import jax
     import jax.numpy as jnp
 
-    profile = profile or devices.profile("gpu")
-    on = target_devices(target)
     p = prepare(program, profile, len(on), ProgramCache())
     rows, data_sharding, replicated = shardings(on, p.data_axis)
 

@@ -7,7 +7,8 @@ so that programs differing only in per-row numbers (or resumed at another epoch)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,25 @@ from bptt_cli.core.spec import RunSpec
 from bptt_cli.core.task import ProblemDef
 
 N_TRAJECTORIES = 8  # test trajectories saved per seed at the end of a run
+
+
+@contextmanager
+def numerics(profile: devices.Profile, precision: str) -> Iterator[None]:
+    """The numeric settings under which every program is traced, compiled and called (the run,
+    the GPU compile, the benchmarks): the profile's matmul precision (full float32 products: a
+    GPU would otherwise use TF32) and, for a float64 program, jax's x64."""
+    with jax.default_matmul_precision(profile.matmul_precision), jax.enable_x64(precision == "float64"):
+        yield
+
+
+def _within(profile: devices.Profile, precision: str, fn: Callable) -> Callable:
+    """``fn`` called under :func:`numerics` (for functions jitted lazily, on first call)."""
+
+    def call(*args):
+        with numerics(profile, precision):
+            return fn(*args)
+
+    return call
 
 
 @dataclass
@@ -105,8 +125,19 @@ def prepare(
         data_axis = 0
     else:
         (x_train, x_test), data_axis = data, None
-    setup = train.Setup(program.flow, program.optimizer, program.batch_size, program.pair, profile.unroll)
-    static = (program.problem_ref, program.options, program.level, program.levels_padded, data_axis)
+    # Drawn in float32 (as every built-in problem draws), widened for a float64 program.
+    x_train, x_test = train.widen((x_train, x_test), program.precision)
+    setup = train.Setup(
+        program.flow, program.optimizer, program.batch_size, program.pair, profile.unroll, program.precision
+    )
+    static = (
+        program.problem_ref,
+        program.options,
+        program.level,
+        program.levels_padded,
+        data_axis,
+        program.precision,
+    )
     init = cache.get(
         "init", (*static, setup), lambda: jax.jit(jax.vmap(partial(train.init_state, task_of, setup)))
     )
@@ -125,7 +156,7 @@ def prepare(
         data,
         n_steps,
         layout,
-        _hypers(layout.rows),
+        _hypers(layout.rows, program.precision),
         x_train,
         x_test,
         data_axis,
@@ -152,7 +183,12 @@ def build(
 ) -> Built:
     """Compile ``program`` with its rows sharded over the process's devices (as many as the
     profile gives a program of its rows); ``saved`` maps run ids to checkpointed state leaves to
-    resume from."""
+    resume from. Everything is traced and compiled under :func:`numerics`."""
+    with numerics(profile, program.precision):
+        return _build(program, profile, cache, saved)
+
+
+def _build(program, profile, cache, saved) -> Built:
     cache = cache if cache is not None else ProgramCache()
     on = tuple(jax.devices())
     on = on[: profile.devices_for(program.rows, len(on))]
@@ -184,10 +220,12 @@ def build(
             lambda: jax.jit(jax.vmap(diagnose, in_axes=in_axes)),
         )
 
-        def diag_fn(theta, *inputs):
+        def on_one_device(theta, *inputs):
             # On ONE device, and finished before anything else is dispatched: jaxlib's CPU SVD
             # blocks XLA's thread pool (see diagnostics.py); five calls per run need no overlap.
             return jax.block_until_ready(jitted(*jax.device_put((theta, *inputs), on[0])))
+
+        diag_fn = _within(profile, program.precision, on_one_device)
 
     n_traj = min(N_TRAJECTORIES, program.n_data)
 
@@ -207,7 +245,7 @@ def build(
         chunk=compiled,
         compile_seconds=compile_seconds,
         diagnose=diag_fn,
-        trajectories=traj_fn,
+        trajectories=_within(profile, program.precision, traj_fn),
         n_steps=p.n_steps,
         optima=_optima(program, problem, data),
         drawing=_drawing_ref(problem.drawing, program.problem_ref),
@@ -237,16 +275,17 @@ def _task_source(program: Program, problem: ProblemDef):
     return task_of, task.sample_data(key, program.n_data), task.n_steps
 
 
-def _hypers(rows: Sequence[tuple[RunSpec, int]]) -> train.Hypers:
+def _hypers(rows: Sequence[tuple[RunSpec, int]], precision: str = "float32") -> train.Hypers:
     """The per-row numbers of a program: init key, learning rate, clip thresholds, level, flow."""
     thresholds = [clip_thresholds(spec.clip, spec.clip_value, spec.clip_norm) for spec, _ in rows]
     gates = [flows.gates(spec.flow) for spec, _ in rows]
+    real = jnp.dtype(precision)
     return train.Hypers(
         key=jax.vmap(jax.random.key)(jnp.asarray([seed for _, seed in rows])),
-        learning_rate=jnp.asarray([spec.learning_rate for spec, _ in rows], jnp.float32),
-        clip_value=jnp.asarray([value for value, _ in thresholds], jnp.float32),
-        clip_norm=jnp.asarray([norm for _, norm in thresholds], jnp.float32),
-        level=jnp.asarray([float(spec.level) for spec, _ in rows], jnp.float32),
+        learning_rate=jnp.asarray([spec.learning_rate for spec, _ in rows], real),
+        clip_value=jnp.asarray([value for value, _ in thresholds], real),
+        clip_norm=jnp.asarray([norm for _, norm in thresholds], real),
+        level=jnp.asarray([float(spec.level) for spec, _ in rows], real),
         gates=flows.Gates(*(jnp.asarray(np.stack(field)) for field in zip(*gates, strict=True))),
     )
 
