@@ -114,7 +114,7 @@ paper-norm: install  ## the paper's figures at full length for clip NORM (cart-p
 	$(BIN)/bptt-run guidance --scale paper --clip NORM --seeds $(SEEDS) --out $(NORM_OUT)
 	$(BIN)/bptt-run quantum --scale paper --clip NORM --level 4 --seeds $(SEEDS) --out $(NORM_OUT)
 	$(BIN)/bptt-plot $(NORM_OUT)
-	for f in cartpole guidance quantum; do cp $(NORM_OUT)/figures/$$f.png docs/$${f}_paper_norm.png; done
+	for f in cartpole guidance quantum overview; do cp $(NORM_OUT)/figures/$$f.png docs/$${f}_paper_norm.png; done
 
 # The questions beyond the paper at full length, what a 2-core machine can do: LQR (both clip
 # modes; each seed starts from its own small K, so that seeds differ: SPEC's K = 0 makes them
