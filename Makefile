@@ -117,7 +117,7 @@ paper-norm: install  ## the paper's figures at full length for clip NORM (cart-p
 	for f in cartpole guidance quantum overview; do cp $(NORM_OUT)/figures/$$f.png docs/$${f}_paper_norm.png; done
 
 # The questions beyond the paper at full length, what a 2-core machine can do: LQR (both clip
-# modes; each seed starts from its own small K, so that seeds differ: SPEC's K = 0 makes them
+# modes; each seed starts from its own small K, so that seeds differ: docs/model.md's K = 0 makes them
 # identical) and the chaotic 2- and 3-link pendulum for clip NORM. Figures into docs/.
 BEYOND_OUT ?= results/beyond
 LQR_INIT   ?= 0.1

@@ -1,4 +1,4 @@
-"""Time the quantum controller's implementations inside a full 128-step rollout (SPEC §7).
+"""Time the quantum controller's implementations inside a full 128-step rollout (docs/model.md §7).
 
 Prints one row per (implementation, batch size): the forward rollout + CONTINUOUS loss and its
 ``value_and_grad`` w.r.t. the controller parameters, vmapped over the batch, jitted, compile

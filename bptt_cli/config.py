@@ -36,7 +36,7 @@ TRAIN_KEYS: dict[str, type] = {
     "clip_value": float,
     "clip_norm": float,
 }
-# What a definition's [train] table may leave out: the paper's protocol (SPEC §3, §4, §9).
+# What a definition's [train] table may leave out: the paper's protocol (docs/model.md §3, §4, §9).
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 1000,
     "seeds": 3,
@@ -53,7 +53,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 GRID_KEYS = ("levels", "flows", "clips")
 TOP_KEYS = {"problem", "description", "grid", "train", "options", "summary", "scales", "diagnostics"}
 DIAGNOSTICS_KEYS = ("enabled", "epochs")
-DIAGNOSED_EPOCHS = (0, 1, 10, 100, 1000)  # SPEC §14: those within the run
+DIAGNOSED_EPOCHS = (0, 1, 10, 100, 1000)  # docs/model.md §14: those within the run
 
 
 class UserError(Exception):

@@ -16,7 +16,7 @@ def init_mlp(key: jax.Array, sizes: list[int], zero_last: bool) -> list[dict[str
     """Dense layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
     Kernels are Glorot-uniform and biases zero; with ``zero_last`` the last kernel starts at
-    zero too, so the initial output is exactly 0 (SPEC §5, as released).
+    zero too, so the initial output is exactly 0 (docs/model.md §5, as released).
     """
     keys = jax.random.split(key, len(sizes) - 1)
     layers = []

@@ -1,4 +1,4 @@
-"""The scalar toy problems of the paper's Figs 1 and 2 (SPEC §10, a reconstruction).
+"""The scalar toy problems of the paper's Figs 1 and 2 (docs/model.md §10, a reconstruction).
 
 Fig. 1 (:func:`fig1_fields`): a two-parameter "network" ``N(x; θ) = θ1·x² + θ2·x`` drives the
 simulator ``S(x, c) = x + c`` for 4 steps from ``x0 = −0.3`` towards the target 2 with
@@ -8,7 +8,7 @@ of the regular (R) and modified (M) gradient flows, both computed by
 
 Fig. 2 (:func:`fig2_fields`, :func:`fig2_paths`): the loss ``L = θ1² + θ2²`` with three update
 fields handed to Adam in place of the gradient: the gradient itself ("divergence"), the gradient
-plus a rotation ("rotation"), and the C rule of SPEC §2 applied to those two ("combination").
+plus a rotation ("rotation"), and the C rule of docs/model.md §2 applied to those two ("combination").
 
 :func:`run` writes three tidy CSVs; :mod:`bptt_cli.plotting.toy` draws them. In the CSVs the
 columns ``descent_theta1``/``descent_theta2`` always hold the *negated* field, i.e. the direction
@@ -28,14 +28,14 @@ import pandas as pd
 from bptt_cli import results
 from bptt_cli.core import flows
 
-# --- Fig. 1 constants (SPEC §10) ---
+# --- Fig. 1 constants (docs/model.md §10) ---
 FIG1_X0 = -0.3
 FIG1_TARGET = 2.0
 FIG1_N_STEPS = 4
 FIG1_RANGE = (-4.0, 4.0)
 FIG1_FLOWS = ("R", "M")
 
-# --- Fig. 2 constants (SPEC §10) ---
+# --- Fig. 2 constants (docs/model.md §10) ---
 FIG2_START = (2.0, 4.0)
 FIG2_RANGE = (-5.0, 5.0)
 FIG2_LEARNING_RATE = 0.1
@@ -132,7 +132,7 @@ def fig2_loss(theta: jax.Array) -> jax.Array:
 
 def fig2_field(name: str, theta: jax.Array) -> jax.Array:
     """The update handed to Adam at ``theta (2,)``: ``"divergence"`` is the gradient ``2θ``;
-    ``"rotation"`` adds ``2·(2θ2, −2θ1)``; ``"combination"`` is the C rule (SPEC §2) with the
+    ``"rotation"`` adds ``2·(2θ2, −2θ1)``; ``"combination"`` is the C rule (docs/model.md §2) with the
     rotated field in M's role and the gradient in R's."""
     grad = jax.grad(fig2_loss)(theta)
     if name == "divergence":

@@ -1,4 +1,4 @@
-"""Cart-pole physics (SPEC §5) against an independent NumPy transcription, plus invariants."""
+"""Cart-pole physics (docs/model.md §5) against an independent NumPy transcription, plus invariants."""
 
 import math
 
@@ -13,7 +13,7 @@ from bptt_cli.problems import cartpole
 
 
 def reference_step(x, force, g=9.8, m=0.1, big_m=1.1, l=0.5, dt=0.01):
-    """SPEC §5 written out pole by pole in float64."""
+    """docs/model.md §5 written out pole by pole in float64."""
     x = np.array(x, dtype=np.float64)
     out = x.copy()
     acc_sum = 0.0

@@ -249,7 +249,7 @@ def test_list_shows_scales_and_seed_option_sets_the_first_seed(tmp_path, jax_cac
 
 
 def test_problem_option_from_the_command_line(tmp_path, jax_cache):
-    """``--option init_scale=0.1`` gives LQR's seeds gains of their own (SPEC §12's K = 0 makes
+    """``--option init_scale=0.1`` gives LQR's seeds gains of their own (docs/model.md §12's K = 0 makes
     them identical); the option is part of the runs' identity, so both grids share a folder."""
     args = ("lqr", "--scale", "smoke", "--level", "1.3", "--flow", "R", "--clip", "NORM", "--epochs", "1")
     common = {"cache": jax_cache, "cwd": tmp_path}

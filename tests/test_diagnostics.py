@@ -1,4 +1,4 @@
-"""Gradient diagnostics (SPEC §14) against independent computations, their invariants, and the
+"""Gradient diagnostics (docs/model.md §14) against independent computations, their invariants, and the
 files the runner writes."""
 
 import dataclasses

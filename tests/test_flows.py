@@ -1,4 +1,4 @@
-"""Gradient flows (SPEC §2) against a plain Python loop with explicit stop_gradient."""
+"""Gradient flows (docs/model.md §2) against a plain Python loop with explicit stop_gradient."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Guidance by repulsion (SPEC §6): physics against a NumPy transcription, gradients, sampler, loss."""
+"""Guidance by repulsion (docs/model.md §6): physics against a NumPy transcription, gradients, sampler, loss."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ N_DRIVERS, N_EVADERS, N_STEPS = 2, 4, 60
 REG_COEFS = (1.0, 0.1, 0.01, 0.001)
 step_jit = jax.jit(step)  # compiled once per dtype; op-by-op dispatch is slow on this suite's CPU budget
 
-# --- an independent transcription of SPEC §6 in plain float64 NumPy ------------------------
+# --- an independent transcription of docs/model.md §6 in plain float64 NumPy ------------------------
 
 
 def ref_step(x: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """SPEC §6 written out agent by agent; constants typed in from the SPEC, not from Params."""
+    """docs/model.md §6 written out agent by agent; constants typed in from docs/model.md, not from Params."""
     x = np.asarray(x, np.float64)
     u = np.asarray(u, np.float64)
     dt = 4.0 / 60.0
@@ -233,7 +233,7 @@ def test_coinciding_agents_have_finite_values_and_gradients(case):
     x = _coincident_states()[case]
     u = np.random.default_rng(11).normal(size=(N_DRIVERS, 2))
     got = step_jit(jnp.asarray(x), jnp.asarray(u))
-    # values are the SPEC formula exactly (|0| = 0), not a smoothed version of it
+    # values are the formula of docs/model.md §6 exactly (|0| = 0), not a smoothed version of it
     np.testing.assert_allclose(np.asarray(got), ref_step(x, u), rtol=1e-12, atol=1e-12)
     weights = jnp.asarray(np.random.default_rng(12).normal(size=x.shape))
     gx, gu = jax.jit(jax.grad(lambda x, u: jnp.sum(weights * step(x, u)), argnums=(0, 1)))(

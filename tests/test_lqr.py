@@ -1,4 +1,4 @@
-"""LQR (SPEC §12): the step against NumPy, the optimum against an independent optimizer."""
+"""LQR (docs/model.md §12): the step against NumPy, the optimum against an independent optimizer."""
 
 import itertools
 import math
@@ -88,7 +88,7 @@ def test_zero_gain_loss(a, spec_value, test_states):
     value = float(task_loss(jnp.float32(a), jnp.zeros((1, 4)), jnp.asarray(test_states, jnp.float32)))
     exact = np.mean(np.sum(test_states**2, axis=1)) * np.mean(a ** (2 * np.arange(1, 51)))
     assert value == pytest.approx(exact, rel=1e-5)
-    # SPEC §12 quotes ≈ 3.5 and ≈ 4e10 (their expectation is 4.0 and 4.9e10).
+    # docs/model.md §12 quotes ≈ 3.5 and ≈ 4e10 (their expectation is 4.0 and 4.9e10).
     assert spec_value / 1.3 < value < spec_value * 1.3
 
 
@@ -167,7 +167,7 @@ def test_controllers():
 
 
 def test_init_scale_draws_each_seeds_gain():
-    """init_scale > 0: K ~ N(0, scale²) from the run's seed; 0 (the default): K = 0 (SPEC §12)."""
+    """init_scale > 0: K ~ N(0, scale²) from the run's seed; 0 (the default): K = 0 (docs/model.md §12)."""
     assert lqr.PROBLEM.default_options["init_scale"] == 0.0
     task = lqr.PROBLEM.make_task(1.0, {"controller": "linear", "init_scale": 0.1})
     gains = np.stack([np.asarray(task.init_controller(jax.random.key(s))["K"]) for s in range(2000)])

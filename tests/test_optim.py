@@ -1,4 +1,4 @@
-"""Optimizers and clip modes (SPEC §3): each rule against a float64 transcription of its TF 2.9
+"""Optimizers and clip modes (docs/model.md §3): each rule against a float64 transcription of its TF 2.9
 Keras kernel, written here, and the invariants of each transform."""
 
 import math

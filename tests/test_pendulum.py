@@ -1,4 +1,4 @@
-"""Multi-link pendulum on a cart (SPEC §13): the step against an autodiff Lagrangian, energy,
+"""Multi-link pendulum on a cart (docs/model.md §13): the step against an autodiff Lagrangian, energy,
 gradients, and the padded task against the unpadded one."""
 
 import dataclasses

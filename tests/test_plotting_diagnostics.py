@@ -76,7 +76,7 @@ def write_metrics(folder: Path, info: dict, seeds=(0, 1), epochs: int = 40) -> P
 def write_diagnostics(
     folder: Path, info: dict, seeds=(0, 1), epochs=DIAGNOSED_EPOCHS, sensitivity: bool = True
 ) -> Path:
-    """``<run_id>.diagnostics.csv`` as the runner writes it (SPEC §14); without ``sensitivity``
+    """``<run_id>.diagnostics.csv`` as the runner writes it (docs/model.md §14); without ``sensitivity``
     as releases before the true growth was recorded wrote it."""
     rng = rng_for(info)
     rows = []

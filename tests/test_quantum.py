@@ -1,4 +1,4 @@
-"""Quantum control problem (SPEC §7): Crank–Nicolson physics, data, CNN controller, loss."""
+"""Quantum control problem (docs/model.md §7): Crank–Nicolson physics, data, CNN controller, loss."""
 
 import math
 
@@ -13,7 +13,7 @@ from bptt_cli.problems import quantum
 NX, DT, N_STEPS = 32, 0.0625, 128
 
 
-# --- independent NumPy transcription of SPEC §7 -----------------------------------------
+# --- independent NumPy transcription of docs/model.md §7 -----------------------------------------
 
 
 def np_cn_matrices(u: float) -> tuple[np.ndarray, np.ndarray]:

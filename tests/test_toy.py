@@ -1,5 +1,5 @@
-"""The toy figures (SPEC §10): R/M fields against hand-derived adjoints, the Fig. 2 fields and
-Adam paths against NumPy transcriptions and the shapes the SPEC states, CSV output and plots."""
+"""The toy figures (docs/model.md §10): R/M fields against hand-derived adjoints, the Fig. 2 fields and
+Adam paths against NumPy transcriptions and the shapes docs/model.md states, CSV output and plots."""
 
 from __future__ import annotations
 

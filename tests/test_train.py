@@ -1,4 +1,4 @@
-"""The training protocol (SPEC §4): determinism, seeds as a vmapped axis, NaN isolation."""
+"""The training protocol (docs/model.md §4): determinism, seeds as a vmapped axis, NaN isolation."""
 
 from functools import partial
 
@@ -152,7 +152,7 @@ def test_chunk_length_is_traced_not_recompiled(task, data):
 
 
 def test_an_overflowing_update_norm_under_norm_marks_the_run_diverged(task, data):
-    """SPEC §3, as released: tf.clip_by_global_norm turns an update whose sum of squares
+    """docs/model.md §3, as released: tf.clip_by_global_norm turns an update whose sum of squares
     overflows float32 into NaN, so the run dies at its first update (optax's clip would hand
     Adam a zero update and the run would go on, unflagged)."""
     huge = Task(**{**task.__dict__, "loss": lambda xs, us: (1e30 * task.loss(xs, us)[0], {})})

@@ -1,4 +1,4 @@
-"""Where along the horizon the gradient explodes or vanishes (SPEC §14), as compiled code.
+"""Where along the horizon the gradient explodes or vanishes (docs/model.md §14), as compiled code.
 
 For one controller ``theta`` and a batch of initial states:
 
@@ -35,7 +35,7 @@ from bptt_cli.core.task import Task
 
 PyTree = Any
 Array = jax.Array
-N_STATES = 32  # SPEC §14: the first 32 test states
+N_STATES = 32  # docs/model.md §14: the first 32 test states
 COLUMNS = (
     "grad_norm_R",
     "grad_norm_M",

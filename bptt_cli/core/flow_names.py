@@ -1,4 +1,4 @@
-"""The gradient flows by name (SPEC §2): parsing and the order they are shown and planned in.
+"""The gradient flows by name (docs/model.md §2): parsing and the order they are shown and planned in.
 
 Kept free of jax, so that definitions are checked and figures ordered without loading it;
 :mod:`bptt_cli.core.flows`, which decides where gradients stop, re-exports everything here.

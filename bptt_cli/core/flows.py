@@ -1,4 +1,4 @@
-"""Gradient flows through an unrolled simulation (SPEC §2).
+"""Gradient flows through an unrolled simulation (docs/model.md §2).
 
 This is the only module that decides where gradients stop. A flow is given either as a static
 name (``"R"``, ``"M"``, ``"S"``, ``"C"`` or ``"T<k>"``), closed over by ``jit`` so that each
@@ -99,7 +99,7 @@ def rollout(
     Args:
       flow: a flow name other than C, or :class:`Gates` (``combined`` is ignored here).
       perturbation: optional ``(n_steps + 1, B, ...)`` added to the states ``x_0 ... x_Nt``;
-        zero in value, it makes ``∂L/∂x_t`` the gradient with respect to it (SPEC §14).
+        zero in value, it makes ``∂L/∂x_t`` the gradient with respect to it (docs/model.md §14).
       unroll: the horizon scan's unroll factor (a speed setting; results are unchanged).
 
     Returns:
@@ -127,7 +127,7 @@ def rollout(
             cut = (i > 0) & (i % jnp.maximum(every, 1) == 0) & (every > 0)
             x = jnp.where(cut, lax.stop_gradient(x), x)
         # M and S: the network sees the state as data; its input Jacobian dN/dx is cut so
-        # that feedback travels only along the physics path (SPEC §2).
+        # that feedback travels only along the physics path (docs/model.md §2).
         u = net(theta, _keep(x, net_on))
         # S: the simulator's state input is cut too, so no feedback flows through time.
         x_next = sim(_keep(x, sim_on), u)
@@ -147,7 +147,7 @@ def combine(g_m: PyTree, g_r: PyTree) -> PyTree:
 
 
 def kept_fraction(g_m: PyTree, g_r: PyTree, n_params=None) -> Array:
-    """Fraction of parameter entries where ``sign(g_M) == sign(g_R)`` (what C keeps, SPEC §14).
+    """Fraction of parameter entries where ``sign(g_M) == sign(g_R)`` (what C keeps, docs/model.md §14).
 
     ``n_params`` counts the real entries when the parameters carry padding (padded entries are
     exactly zero in both gradients, so they always agree and are subtracted here).
@@ -255,7 +255,7 @@ def value_and_grad(
       n_steps: number of simulator steps.
 
     Returns:
-      ``(loss_value, grads)``; for C, ``grads`` is the combined update (SPEC §2).
+      ``(loss_value, grads)``; for C, ``grads`` is the combined update (docs/model.md §2).
     """
 
     def with_aux(xs, us):

@@ -1,4 +1,4 @@
-"""Optimizers and clip modes as the released runs had them: TF 2.9 Keras (SPEC §3).
+"""Optimizers and clip modes as the released runs had them: TF 2.9 Keras (docs/model.md §3).
 
 Each update rule is written out below as an optax ``GradientTransformation``, transcribing the
 Keras (``OptimizerV2``) kernel it reproduces, operation by operation; only ``adam-optax`` (the
@@ -30,7 +30,7 @@ __all__ = [
 
 
 class Clip(enum.StrEnum):
-    """Applied to the update handed to the optimizer, after C's combination (SPEC §3)."""
+    """Applied to the update handed to the optimizer, after C's combination (docs/model.md §3)."""
 
     NONE = "NONE"
     VALUE = "VALUE"  # every entry clipped to [-clip_value, clip_value]

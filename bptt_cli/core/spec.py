@@ -1,4 +1,4 @@
-"""One run: a configuration of the grid trained for each of its seeds (SPEC §4, §9).
+"""One run: a configuration of the grid trained for each of its seeds (docs/model.md §4, §9).
 
 The unit of work that definitions expand into (``config``), programs group (``plan``) and
 results are stored under (``results``), identified by a hash of what it computes.
@@ -42,7 +42,7 @@ PRECISIONS = ("float32", "float64")
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One configuration trained for every seed in ``seeds`` (SPEC §4, §9)."""
+    """One configuration trained for every seed in ``seeds`` (docs/model.md §4, §9)."""
 
     experiment: str
     problem: str
@@ -62,7 +62,7 @@ class RunSpec:
     options: tuple[tuple[str, Any], ...] = ()
     threshold: float | None = None
     problem_ref: str = ""  # how to load the problem: a built-in name, module path or absolute file
-    diagnostics: tuple[int, ...] = ()  # epochs whose gradient diagnostics are recorded (SPEC §14)
+    diagnostics: tuple[int, ...] = ()  # epochs whose gradient diagnostics are recorded (docs/model.md §14)
     precision: str = "float32"  # float64: the whole run in double precision (jax's x64)
 
     @property

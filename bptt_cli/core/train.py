@@ -1,4 +1,4 @@
-"""The training protocol of SPEC §4 as pure functions of one run.
+"""The training protocol of docs/model.md §4 as pure functions of one run.
 
 One run is one controller initialisation trained on one data set. Everything here acts on a
 single run; the runner ``vmap``s it over rows (seeds, and configurations that differ only in
@@ -93,7 +93,7 @@ def _all_finite(tree: PyTree) -> Array:
 
 
 def clip_changes(update: PyTree, clip_value: Array, clip_norm: Array) -> Array:
-    """Whether the clip stage (by value, then by global norm; SPEC §3) changes ``update``."""
+    """Whether the clip stage (by value, then by global norm; docs/model.md §3) changes ``update``."""
     clipped = jax.tree.map(lambda u: jnp.clip(u, -clip_value, clip_value), update)
     changed = jax.tree.map(lambda c, u: jnp.any(c != u), clipped, update)
     by_value = jnp.any(jnp.stack(jax.tree.leaves(changed)))

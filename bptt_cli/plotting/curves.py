@@ -1,4 +1,4 @@
-"""Test-loss curves per experiment (SPEC §8): 2×2 panels, median over seeds with an
+"""Test-loss curves per experiment (docs/model.md §8): 2×2 panels, median over seeds with an
 interquartile band, trailing moving average of window 30, colours by flow, line style by clip.
 
 Problems without a layout of their own (a user's problem) get a generic one: a panel per level
@@ -188,7 +188,7 @@ def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[
     levels = ordered_levels(problem, rows["level"])
     panels: list[tuple[str, pd.DataFrame, str]] = []
     if problem == "quantum":
-        # Three loss panels and the update size at the hardest target (SPEC §8).
+        # Three loss panels and the update size at the hardest target (docs/model.md §8).
         for level in levels[:3]:
             panels.append((level_title(problem, level), rows[rows["level"] == level], column))
         panels.append(

@@ -1,4 +1,4 @@
-"""Where the gradient grows or fades (SPEC §14), from ``<run_id>.diagnostics.csv`` files, as
+"""Where the gradient grows or fades (docs/model.md §14), from ``<run_id>.diagnostics.csv`` files, as
 :func:`bptt_cli.results.read_results` reads them (``kind="diagnostics"``: levels as text, rows
 up to the sidecar's ``epochs_done``).
 

@@ -125,7 +125,7 @@ def _draw_cart_and_force(ax, cart_x: float, force: float | None) -> None:
 
 
 class CartPoleDrawing:
-    """Cart-pole (SPEC §5), state ``(1+P, 2)``: row 0 = cart ``(x, ẋ)``, row k = pole k
+    """Cart-pole (docs/model.md §5), state ``(1+P, 2)``: row 0 = cart ``(x, ẋ)``, row k = pole k
     ``(θ_k, θ̇_k)`` with θ = 0 upright. All poles hinge on the cart; each is drawn with its full
     length 1.0 (the equations use the half-length 0.5). The control is the force on the cart."""
 
@@ -152,7 +152,7 @@ class CartPoleDrawing:
 
 
 class PendulumDrawing:
-    """Chained pendulum on a cart (SPEC §13), state ``(1+n, 2)``: row 0 = cart ``(x, ẋ)``, row k
+    """Chained pendulum on a cart (docs/model.md §13), state ``(1+n, 2)``: row 0 = cart ``(x, ẋ)``, row k
     = link k ``(φ_k, φ̇_k)``, the absolute angle from upright. Links of length 0.5 in a chain,
     link 1 hinged on the cart, tip k at ``(x + 0.5·Σ_{j≤k} sin φ_j, 0.5·Σ_{j≤k} cos φ_j)``, a
     mass at every tip. Every frame is centred on the cart at equal aspect, as tall and wide as
@@ -205,7 +205,7 @@ class PendulumDrawing:
 
 
 class GuidanceDrawing:
-    """Guidance by repulsion (SPEC §6), states ``(Nt+1, 6, 2, 2)``: agents (2 drivers, then 4
+    """Guidance by repulsion (docs/model.md §6), states ``(Nt+1, 6, 2, 2)``: agents (2 drivers, then 4
     evaders) × (position, velocity) × (x, y). Draws every agent's path, where it starts and
     ends, and the target (the origin)."""
 
@@ -241,7 +241,7 @@ class GuidanceDrawing:
 
 
 class QuantumDrawing:
-    """Quantum control (SPEC §7), states ``(Nt+1, 32, 2)``: real and imaginary parts of ψ on
+    """Quantum control (docs/model.md §7), states ``(Nt+1, 32, 2)``: real and imaginary parts of ψ on
     ``x_j = j·dx``, dx = 2/33, j = 1…32; control ``(Nt,)`` or ``(Nt, 1)``, the uniform field u.
     Draws the probability density |ψ(x, t)|² as an image (time upwards), the mean position on
     top of it, and u(t) in a panel beside it sharing the time axis."""

@@ -1,4 +1,4 @@
-"""The toy figures (paper Figs 1 and 2, SPEC §10), drawn from the CSVs of :mod:`bptt_cli.toy`.
+"""The toy figures (paper Figs 1 and 2, docs/model.md §10), drawn from the CSVs of :mod:`bptt_cli.toy`.
 
 Reads ``fig1_fields.csv``, ``fig2_fields.csv`` and ``fig2_paths.csv`` only; never imports jax.
 Fields are shown as stream plots of their descent direction (the negated field, the way an
@@ -29,7 +29,7 @@ FIG2_TITLES = {
     "rotation": "+ Rotation",
     "combination": "Combination (C rule)",
 }
-# The gradient plays R's role, the rotated field M's and the combination C's (SPEC §8 colours).
+# The gradient plays R's role, the rotated field M's and the combination C's (docs/model.md §8 colours).
 FIG2_COLOURS = {"divergence": "#ef476f", "rotation": "#ffd166", "combination": "#06d6a0"}
 THETA1, THETA2 = r"$\theta_1$", r"$\theta_2$"
 

@@ -1,4 +1,4 @@
-"""Cart with several poles, swing-up (SPEC §5).
+"""Cart with several poles, swing-up (docs/model.md §5).
 
 State of one sample: ``(1 + P, 2)``; row 0 is the cart ``(x, x_dot)``, row k the pole
 ``(theta_k, theta_dot_k)`` with ``theta = 0`` upright and ``pi`` hanging down. The control is
@@ -22,7 +22,7 @@ from bptt_cli.core.task import ProblemDef, Task
 
 @dataclass(frozen=True)
 class Params:
-    """Physical constants (SPEC §5). ``total_mass`` is the same for every P, as released."""
+    """Physical constants (docs/model.md §5). ``total_mass`` is the same for every P, as released."""
 
     gravity: float = 9.8
     pole_mass: float = 0.1

@@ -1,4 +1,4 @@
-"""Guidance by repulsion: two drivers herd four evaders towards the origin (SPEC §6).
+"""Guidance by repulsion: two drivers herd four evaders towards the origin (docs/model.md §6).
 
 State of one sample: ``(D + E, 2, 2)`` = agents (drivers first) × (position, velocity) × (x, y),
 with D = 2 drivers and E = 4 evaders. The control of one sample is ``(D, 2)``: per driver a
@@ -24,7 +24,7 @@ from bptt_cli.core.task import ProblemDef, Task
 
 @dataclass(frozen=True)
 class Params:
-    """Constants of SPEC §6. The evader flocking sign and the sum-of-evaders centre are as released."""
+    """Constants of docs/model.md §6. The evader flocking sign and the sum-of-evaders centre are as released."""
 
     dt: float = 4.0 / 60
     n_steps: int = 60
@@ -62,7 +62,7 @@ def _norm(r: jax.Array) -> jax.Array:
 def step(x: jax.Array, u: jax.Array, params: Params = Params()) -> jax.Array:
     """One explicit Euler step for ONE sample: ``x (D+E, 2, 2)``, ``u (D, 2)`` -> ``(D+E, 2, 2)``.
 
-    Position and velocity are both advanced from the old state (SPEC §6). Self-interactions are
+    Position and velocity are both advanced from the old state (docs/model.md §6). Self-interactions are
     left out through static index arrays rather than computed and masked, so that no ``|0|``
     ever enters the graph for an agent paired with itself.
     """
@@ -108,7 +108,7 @@ def _annulus(key: jax.Array, shape: tuple[int, ...], r_min: float, r_max: float)
 
 
 def sample_initial_states(key: jax.Array, n: int, params: Params = Params()) -> jax.Array:
-    """``(n, D+E, 2, 2)`` float32 states at rest (SPEC §6).
+    """``(n, D+E, 2, 2)`` float32 states at rest (docs/model.md §6).
 
     Drivers lie in the annulus 3 ≤ r ≤ 4; a group centre in the annulus 1 ≤ r ≤ 2; each evader
     at that centre plus an offset U(−0.5, 0.5)² per coordinate.
@@ -149,7 +149,7 @@ def controller(theta: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
 def loss(
     xs: jax.Array, us: jax.Array, reg_coef: float | jax.Array, params: Params = Params()
 ) -> tuple[jax.Array, jax.Array]:
-    """CONTINUOUS herding loss (SPEC §6); returns ``(total, physics)``.
+    """CONTINUOUS herding loss (docs/model.md §6); returns ``(total, physics)``.
 
     ``xs`` is ``(B, n_steps + 1, D+E, 2, 2)`` with ``x0`` included, ``us`` is ``(B, n_steps, D, 2)``.
     physics = mean over batch, t = 1 … Nt, evaders and coordinates of the squared evader

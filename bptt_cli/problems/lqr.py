@@ -1,4 +1,4 @@
-"""Linear-quadratic control with a known optimum (SPEC §12).
+"""Linear-quadratic control with a known optimum (docs/model.md §12).
 
 State of one sample: ``(4,)``; the control is one scalar ``u``. The system is
 ``x' = A·x + B·u`` with ``A = a · blockdiag(Rot(0.3), Rot(0.7))`` and ``B = (0, 1, 0, 1)ᵀ``, so the
@@ -29,7 +29,7 @@ from bptt_cli.core.task import ProblemDef, Task
 
 @dataclass(frozen=True)
 class Params:
-    """Constants of SPEC §12. ``a`` may be a Python number or a traced jax scalar."""
+    """Constants of docs/model.md §12. ``a`` may be a Python number or a traced jax scalar."""
 
     a: Any = 1.0
     omega_1: float = 0.3
@@ -74,7 +74,7 @@ CONTROLLERS = ("linear", "mlp")
 
 
 def init_linear(key: jax.Array, scale: float = 0.0) -> dict[str, jax.Array]:
-    """The linear gain ``K (1, 4)``: zero (SPEC §12), or with ``scale > 0`` each entry drawn
+    """The linear gain ``K (1, 4)``: zero (docs/model.md §12), or with ``scale > 0`` each entry drawn
     from ``N(0, scale²)`` with ``key`` (the run's seed), so that seeds start apart."""
     if scale == 0:
         return {"K": jnp.zeros((1, 4), jnp.float32)}
@@ -100,7 +100,7 @@ def mlp(theta: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
 
 
 def loss(xs: jax.Array, us: jax.Array, params: Params = Params()) -> jax.Array:
-    """CONTINUOUS quadratic loss (SPEC §12).
+    """CONTINUOUS quadratic loss (docs/model.md §12).
 
     ``xs (B, n_steps + 1, 4)`` with ``x0`` first, ``us (B, n_steps)``. Mean over the batch of
     ``(1/Nt)·Σ_{t=1..Nt} |x_t|² + rho·(1/Nt)·Σ_{t=0..Nt-1} u_t²``.

@@ -1,4 +1,4 @@
-"""A chain of n links on a cart, swing-up (SPEC §13).
+"""A chain of n links on a cart, swing-up (docs/model.md §13).
 
 State of one sample: ``(1 + n, 2)``; row 0 is the cart ``(x, x_dot)``, row k the link
 ``(phi_k, phi_dot_k)`` with ``phi_k`` the absolute angle of link k from upright (0 up, π down).
@@ -26,7 +26,7 @@ from bptt_cli.problems import cartpole
 
 @dataclass(frozen=True)
 class Params:
-    """Physical constants (SPEC §13): T = 2 s in 200 steps."""
+    """Physical constants (docs/model.md §13): T = 2 s in 200 steps."""
 
     cart_mass: float = 1.0
     link_length: float = 0.5
@@ -59,7 +59,7 @@ def _weights(n_links, real: jax.Array | None, dtype) -> tuple[jax.Array, jax.Arr
 def mass_matrix_and_forces(
     x: jax.Array, force: jax.Array, params: Params = Params(), n_links=None, real: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """``M(q) (1+n, 1+n)`` and the right-hand side ``r (1+n,)`` of ``M(q)·q̈ = r`` (SPEC §13)
+    """``M(q) (1+n, 1+n)`` and the right-hand side ``r (1+n,)`` of ``M(q)·q̈ = r`` (docs/model.md §13)
     for ONE state ``x (1+n, 2)`` and a scalar force.
 
     With ``real`` (bool ``(n,)``, its first ``n_links`` entries True, ``n_links`` possibly

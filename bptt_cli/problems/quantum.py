@@ -1,4 +1,4 @@
-"""Steering a quantum particle in a box into a target eigenstate (SPEC §7).
+"""Steering a quantum particle in a box into a target eigenstate (docs/model.md §7).
 
 State of one sample: ``(nx, 2)`` = real and imaginary parts of the wave function ψ on the
 interior grid points ``x_j = j·dx``, ``j = 1 … nx``, of the domain ``(0, 2)`` with Dirichlet
@@ -24,7 +24,7 @@ from bptt_cli.core.task import ProblemDef, Task
 
 @dataclass(frozen=True)
 class Params:
-    """Grid and time constants (SPEC §7): ``dx = length / (nx + 1)``."""
+    """Grid and time constants (docs/model.md §7): ``dx = length / (nx + 1)``."""
 
     nx: int = 32
     length: float = 2.0
@@ -44,7 +44,7 @@ def _complex_dtype(real_dtype) -> jnp.dtype:
 
 
 def step(psi: jax.Array, u: jax.Array, params: Params = Params()) -> jax.Array:
-    """One Crank–Nicolson step for ONE sample (SPEC §7).
+    """One Crank–Nicolson step for ONE sample (docs/model.md §7).
 
     Solves ``(I + i·dt/2·H) ψ' = (I − i·dt/2·H) ψ`` with ``H = −D2 + u·x`` and
     ``D2 ψ_j = (ψ_{j−1} − 2ψ_j + ψ_{j+1}) / dx²``, ``ψ_0 = ψ_{nx+1} = 0``.
@@ -103,7 +103,7 @@ WEIGHTINGS = {"1-1": (1, 1), "3-1": (3, 1), "7-1": (7, 1), "15-1": (15, 1)}
 
 
 def sample_initial_states(key: jax.Array, n: int, weighting: str = "1-1") -> jax.Array:
-    """``(n, nx, 2)`` superpositions of the two lowest eigenstates (SPEC §7).
+    """``(n, nx, 2)`` superpositions of the two lowest eigenstates (docs/model.md §7).
 
     ``ψ0 = (c1·e^{iα1}·φ1 + c2·e^{iα2}·φ2) / sqrt(c1² + c2²)`` with ``c_k ~ w_k·N(0, 1)`` and
     ``α_k ~ U(0, 2π)``, ``(w1, w2) = WEIGHTINGS[weighting]``.
@@ -130,7 +130,7 @@ def sample_data(key: jax.Array, n_data: int, weighting: str = "1-1") -> tuple[ja
 
 
 def init_controller(key: jax.Array, width: int = 60) -> list[dict[str, jax.Array]]:
-    """CNN parameters in Keras layouts (SPEC §7); 11 701 parameters for ``width = 60``.
+    """CNN parameters in Keras layouts (docs/model.md §7); 11 701 parameters for ``width = 60``.
 
     ``[conv2d {"w": (3, 2, 1, W), "b": (W,)}, conv1d {"w": (3, W, W), "b": (W,)},
     dense {"w": (7·W, 1), "b": (1,)}]``. Kernels Glorot-uniform with Keras fans (kernel size ×
@@ -200,7 +200,7 @@ def fidelity(psi: jax.Array, n) -> jax.Array:
 
 
 def loss(xs: jax.Array, us: jax.Array, target, mode: str = "CONTINUOUS") -> jax.Array:
-    """Infidelity to the target eigenstate, averaged over the batch (SPEC §7).
+    """Infidelity to the target eigenstate, averaged over the batch (docs/model.md §7).
 
     ``xs`` is ``(B, n_steps + 1, nx, 2)`` with ``x0`` included; ``target`` is ``n`` (may be a
     traced float). CONTINUOUS: ``Σ_{t=1…Nt} (1 − |⟨φ_n, ψ_t⟩|²)``, range ``[0, Nt]``; FINAL:
