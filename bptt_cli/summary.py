@@ -1,4 +1,10 @@
-"""The outcome table: one row per experiment × level × flow × clip (pandas only, no jax)."""
+"""The outcome table, one row per configuration (experiment × level × flow × clip, and the
+optimizer and precision where runs differ in them), and the paired comparisons of flows seed by
+seed (pandas and scipy only, no jax).
+
+A seed flagged diverged counts from then on as the released code would show it: a run that has
+died, its loss worse than any (``inf``), never the value its frozen parameters still give.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ from bptt_cli import results
 from bptt_cli.core.flow_names import flow_rank
 from bptt_cli.core.optim import clip_rank
 
-KEYS = ["experiment", "problem", "level_key", "level", "flow", "clip"]
+KEYS = ["experiment", "problem", "level_key", "level", "flow", "clip", "optimizer", "precision"]
+LOSSES = ("batch_loss", "train_loss", "test_loss")
 COLUMNS = [
     *KEYS,
     "n_seeds",
@@ -38,12 +45,14 @@ def summarize(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Da
     diverged; and, for problems with a known optimum (lqr), the median over seeds of the final
     ``optimality_gap``. ``thresholds`` maps run ids to thresholds.
     """
+    frame = as_released(frame)
     rows: list[dict[str, Any]] = []
     for key, group in frame.groupby(KEYS, sort=True):
         last_epoch = group["epoch"].max()
         last = group[group["epoch"] == last_epoch]
         final = last["test_loss"].to_numpy(float)
-        best = group.groupby("seed")["test_loss"].min().to_numpy(float)
+        alive = group[~group["diverged"].astype(bool)]  # the lowest loss reached before dying
+        best = alive.groupby("seed")["test_loss"].min().reindex(group["seed"].unique()).to_numpy(float)
         median_curve = group.groupby("epoch")["test_loss"].median().sort_index()
         threshold = thresholds.get(group["run_id"].iloc[0])
         below = median_curve[median_curve < threshold] if threshold is not None else median_curve.iloc[:0]
@@ -52,10 +61,10 @@ def summarize(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Da
                 **dict(zip(KEYS, key, strict=True)),
                 "n_seeds": group["seed"].nunique(),
                 "epochs": int(last_epoch),
-                "final_test_median": _nan_stat(np.nanmedian, final),
-                "final_test_q25": _nan_stat(lambda a: np.nanpercentile(a, 25), final),
-                "final_test_q75": _nan_stat(lambda a: np.nanpercentile(a, 75), final),
-                "best_test_loss": _nan_stat(np.nanmedian, best),
+                "final_test_median": _percentile(final, 50),
+                "final_test_q25": _percentile(final, 25),
+                "final_test_q75": _percentile(final, 75),
+                "best_test_loss": _percentile(best, 50),
                 "threshold": threshold,
                 "first_epoch_below": int(below.index[0]) if len(below) else None,
                 "n_diverged": int(group.groupby("seed")["diverged"].any().sum()),
@@ -68,6 +77,131 @@ def summarize(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Da
     table = table.sort_values(["experiment", "level", "flow", "clip"], key=_figure_order, ignore_index=True)
     table["first_epoch_below"] = table["first_epoch_below"].astype("Int64")
     return table
+
+
+def as_released(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the columns every table groups by filled in for files of earlier releases
+    (``precision``: float32; ``optimizer``: adam) and the losses of diverged epochs set to
+    ``inf``: the released code's run died there (a NaN loss), so a diverged seed is never ranked
+    by the value its frozen parameters keep giving."""
+    frame = frame.copy()
+    for column, default in (("precision", "float32"), ("optimizer", "adam"), ("diverged", False)):
+        frame[column] = frame[column].fillna(default) if column in frame else default
+    dead = frame["diverged"].astype(bool).to_numpy()
+    for column in LOSSES:
+        if column in frame:
+            frame[column] = frame[column].mask(dead, np.inf)
+    return frame
+
+
+# --- paired comparisons --------------------------------------------------------------------
+
+PAIR_GROUP = ["experiment", "level_key", "level", "clip", "optimizer", "precision"]
+PAIRED_COLUMNS = [
+    *PAIR_GROUP,
+    "flow",
+    "against",
+    "n_pairs",
+    "n_lower",
+    "n_ties",
+    "median_ratio",
+    "p_value",
+]
+ALPHA = 0.05
+
+
+def paired(frame: pd.DataFrame) -> pd.DataFrame:
+    """Flows compared seed by seed on their final test loss: every flow against R, and C
+    against M, per level, clip, optimizer and precision. Every flow of a configuration starts
+    from the same data and the same initial weights per seed, so seed s of one flow is paired
+    with seed s of the other.
+
+    Per comparison: ``n_pairs`` seeds trained by both, ``n_lower`` of them where ``flow`` ends
+    lower, ``n_ties`` where neither does (equal, both diverged), ``median_ratio`` the median
+    of the per-seed ratios flow / against (diverged seeds: inf, or left out where both
+    diverged) and ``p_value`` the exact two-sided sign test of ``n_lower`` among the untied
+    pairs (scipy's binomial test).
+    """
+    from scipy.stats import binomtest
+
+    frame = as_released(frame)
+    last = frame[frame["epoch"] == frame.groupby(["run_id"])["epoch"].transform("max")]
+    finals = last.pivot_table(
+        index=[*PAIR_GROUP, "seed"], columns="flow", values="test_loss", aggfunc="first"
+    )
+    rows = []
+    for key, table in finals.groupby(level=list(range(len(PAIR_GROUP))), sort=True):
+        flows = sorted(table.columns[table.notna().any()], key=flow_rank)
+        pairs = [(flow, "R") for flow in flows if flow != "R" and "R" in flows]
+        pairs += [("C", "M")] if {"C", "M"} <= set(flows) else []
+        for flow, against in pairs:
+            both = table[[flow, against]].dropna()
+            a, b = both[flow].to_numpy(float), both[against].to_numpy(float)
+            lower, higher = int(np.sum(a < b)), int(np.sum(a > b))
+            with np.errstate(all="ignore"):
+                ratios = a / b
+            ratios = ratios[~np.isnan(ratios)]
+            rows.append(
+                {
+                    **dict(zip(PAIR_GROUP, key, strict=True)),
+                    "flow": flow,
+                    "against": against,
+                    "n_pairs": len(both),
+                    "n_lower": lower,
+                    "n_ties": len(both) - lower - higher,
+                    "median_ratio": float(np.median(ratios)) if len(ratios) else float("nan"),
+                    "p_value": binomtest(lower, lower + higher).pvalue if lower + higher else float("nan"),
+                }
+            )
+    table = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    return table.sort_values(["experiment", "level", "flow", "clip"], key=_figure_order, ignore_index=True)
+
+
+def smallest_p(n: int) -> float:
+    """The smallest two-sided p-value the sign test can give with ``n`` untied pairs."""
+    return min(1.0, 2.0 * 0.5**n) if n else 1.0
+
+
+def paired_markdown(table: pd.DataFrame) -> str:
+    """The paired comparisons as a Markdown table, with a sentence where the seeds are too few
+    for any p below 0.05 (fewer than 6 untied pairs)."""
+    if table.empty:
+        return ""
+    variants = [c for c in ("optimizer", "precision") if table[c].nunique() > 1]
+    header = [
+        "experiment",
+        "level",
+        "clip",
+        *variants,
+        "flow vs",
+        "lower in",
+        "median ratio",
+        "p (sign test)",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    too_few = False
+    for row in table.itertuples(index=False):
+        untied = row.n_pairs - row.n_ties
+        if smallest_p(untied) >= ALPHA:
+            too_few = True
+        cells = [
+            row.experiment,
+            f"{row.level_key}={row.level}",
+            row.clip,
+            *(str(getattr(row, c)) for c in variants),
+            f"{row.flow} vs {row.against}",
+            f"{row.n_lower} of {row.n_pairs}" + (f" ({row.n_ties} tied)" if row.n_ties else ""),
+            f"{row.median_ratio:.3g}",
+            "-" if pd.isna(row.p_value) else f"{row.p_value:.3g}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if too_few:
+        text += (
+            "\nWith fewer than 6 seeds that differ, no p-value can fall below 0.05 (5 seeds: "
+            "at best 0.0625; 3 seeds: 0.25): such comparisons describe these seeds, they decide nothing.\n"
+        )
+    return text
 
 
 def _figure_order(column: pd.Series) -> pd.Series:
@@ -86,15 +220,32 @@ def _nan_stat(fn, values: np.ndarray) -> float:
     return float(fn(values)) if np.isfinite(values).any() else float("nan")
 
 
+def _percentile(values: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile ignoring NaN, where a dead seed (``inf``) counts as the worst:
+    a percentile that falls between a finite value and ``inf`` is ``inf``."""
+    values = np.asarray(values, float)
+    if np.isnan(values).all():
+        return float("nan")
+    dead = np.isinf(values) & (values > 0)
+    if not dead.any():
+        return float(np.nanpercentile(values, q))
+    top = np.nanmax(np.where(dead, np.nan, values), initial=0.0)
+    sentinel = 2.0 * abs(top) + 1.0  # above every finite value; NumPy cannot interpolate to inf
+    result = float(np.nanpercentile(np.where(dead, sentinel, values), q))
+    return np.inf if result > top else result
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """A Markdown table a reader can paste into a report (with a gap column when some problem
     has a known optimum)."""
     with_gap = table["final_gap_median"].notna().any()
+    variants = [c for c in ("optimizer", "precision") if table[c].nunique() > 1]
     header = [
         "experiment",
         "level",
         "flow",
         "clip",
+        *variants,
         "seeds",
         "epochs",
         "final test loss, median [IQR]",
@@ -113,6 +264,7 @@ def to_markdown(table: pd.DataFrame) -> str:
             f"{row.level_key}={row.level}",
             row.flow,
             row.clip,
+            *(str(getattr(row, c)) for c in variants),
             str(row.n_seeds),
             str(row.epochs),
             f"{row.final_test_median:.4g} [{row.final_test_q25:.4g}, {row.final_test_q75:.4g}]",
@@ -127,10 +279,18 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def write(frame: pd.DataFrame, metas: dict[str, dict], out_dir: Path) -> list[Path]:
-    """Write ``summary.csv`` and ``summary.md`` into ``out_dir``; returns their paths."""
+    """Write ``summary.csv``, ``paired.csv`` and ``summary.md`` (the outcome table, then the
+    paired comparisons) into ``out_dir``; returns their paths."""
     thresholds = {run_id: meta.get("config", {}).get("threshold") for run_id, meta in metas.items()}
-    table = summarize(frame, thresholds)
-    csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
+    table, pairs = summarize(frame, thresholds), paired(frame)
+    csv_path, pairs_path, md_path = out_dir / "summary.csv", out_dir / "paired.csv", out_dir / "summary.md"
     results.write_csv(csv_path, table)
-    results.write_atomic(md_path, to_markdown(table).encode())
-    return [csv_path, md_path]
+    results.write_csv(pairs_path, pairs)
+    text = to_markdown(table)
+    if not pairs.empty:
+        text += (
+            "\nPaired by seed (final test loss; every flow against R, C against M):\n\n"
+            + paired_markdown(pairs)
+        )
+    results.write_atomic(md_path, text.encode())
+    return [csv_path, pairs_path, md_path]

@@ -103,3 +103,84 @@ def test_rows_follow_the_figures_order():
     keys = list(zip(table["level"], table["flow"], table["clip"], strict=True))
     flows = ["R", "M", "C", "S", "T2", "T10"]
     assert keys == [(lv, f, c) for lv in (2, 10) for f in flows for c in ("NORM", "VALUE", "NONE")]
+
+
+def census(finals: dict[str, list[float]], diverged: dict[str, list[bool]] | None = None) -> pd.DataFrame:
+    """One level, flows with given final test losses per seed (two epochs; the first at 100)."""
+    rows = []
+    for flow, values in finals.items():
+        for seed, value in enumerate(values):
+            for epoch, loss in ((1, 100.0), (2, value)):
+                dead = bool(diverged and diverged.get(flow, [False] * len(values))[seed] and epoch == 2)
+                rows.append(
+                    {
+                        "experiment": "q",
+                        "run_id": f"q-{flow}",
+                        "problem": "quantum",
+                        "level_key": "target_state",
+                        "level": "4",
+                        "flow": flow,
+                        "clip": "NORM",
+                        "optimizer": "adam",
+                        "seed": seed,
+                        "epoch": epoch,
+                        "test_loss": loss,
+                        "diverged": dead,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_paired_comparisons_count_seeds_ratios_and_the_exact_sign_test():
+    # C lower than R on 9 of 10 seeds; C against M: 5 lower, 5 higher.
+    r = [100.0] * 10
+    c = [50.0] * 9 + [200.0]
+    m = [25.0] * 5 + [400.0] * 5
+    table = summary.paired(census({"R": r, "M": m, "C": c})).set_index(["flow", "against"])
+    c_r = table.loc[("C", "R")]
+    assert (c_r["n_pairs"], c_r["n_lower"], c_r["n_ties"]) == (10, 9, 0)
+    assert c_r["median_ratio"] == 0.5
+    assert c_r["p_value"] == pytest.approx(2 * 11 / 1024)  # P(X <= 1) + P(X >= 9), X ~ B(10, 1/2)
+    c_m = table.loc[("C", "M")]
+    assert c_m["n_lower"] == 5 and c_m["p_value"] == pytest.approx(1.0)
+    assert set(table.index) == {("M", "R"), ("C", "R"), ("C", "M")}
+
+
+def test_a_diverged_seed_ranks_as_dead_and_both_dead_is_a_tie():
+    """As released, a diverged run died: it loses to any finite loss, whatever value its
+    frozen parameters still give."""
+    frame = census(
+        {"R": [1.0, 1.0, 5.0], "C": [2.0, 3.0, 4.0]}, {"R": [True, False, True], "C": [False, False, True]}
+    )
+    row = summary.paired(frame).iloc[0]
+    assert (row["n_lower"], row["n_ties"]) == (1, 1)  # seed 0: C 2 < R dead; seed 2: both dead
+    table = summary.summarize(frame, {}).set_index("flow")
+    assert table.loc["R", "final_test_median"] == np.inf and table.loc["R", "n_diverged"] == 2
+    assert table.loc["R", "best_test_loss"] == 100.0  # seeds 0 and 2 reached 100 before dying
+
+
+def test_the_summary_says_when_seeds_are_too_few_for_any_p_below_005(tmp_path):
+    text = summary.paired_markdown(summary.paired(census({"R": [3.0, 3.0, 3.0], "C": [1.0, 1.0, 1.0]})))
+    assert "| q | target_state=4 | NORM | C vs R | 3 of 3 | 0.333 | 0.25 |" in text
+    assert "no p-value can fall below 0.05" in text
+    many = summary.paired_markdown(summary.paired(census({"R": [3.0] * 8, "C": [1.0] * 8})))
+    assert "0.00781" in many and "no p-value" not in many
+
+
+def test_runs_of_one_configuration_in_blocks_of_seeds_are_drawn_as_one():
+    """A census trained in blocks of seeds (one run each) is one configuration; a shorter run
+    of it (a smoke run) is left out, and so is a block whose seeds are already drawn."""
+    blocks = []
+    for run_id, seeds, epochs in (
+        ("a", (0, 1), 10),
+        ("b", (2, 3), 10),
+        ("smoke", (0, 1), 2),
+        ("again", (1, 2), 10),
+    ):
+        frame = census({"C": [1.0] * 4})
+        frame = frame[frame["seed"].isin(seeds)].copy()
+        frame["run_id"] = run_id
+        frame["epoch"] = frame["epoch"] * epochs // 2
+        blocks.append(frame)
+    kept = curves.latest_runs(pd.concat(blocks))
+    assert sorted(kept["run_id"].unique()) == ["a", "b"] and sorted(kept["seed"].unique()) == [0, 1, 2, 3]

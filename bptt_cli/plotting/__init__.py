@@ -41,7 +41,7 @@ def plot_all(results_dir: Path, figures_dir: Path) -> list[Path]:
     written: list[Path] = []
     frame = results.read_results(results_dir)
     if not frame.empty:
-        frame = curves.latest_runs(frame)
+        frame = summary.as_released(curves.latest_runs(frame))
         for experiment, rows in frame.groupby("experiment", sort=True):
             written += curves.plot_experiment(str(experiment), rows, figures_dir)
         written += overview.plot_overview(frame, figures_dir)

@@ -114,14 +114,31 @@ def smooth(values: np.ndarray, window: int = SMOOTHING) -> np.ndarray:
     return (sums[window:] - sums[:-window]) / window
 
 
+CONFIGURATION = ["experiment", "level", "flow", "clip", "optimizer", "precision"]
+
+
 def latest_runs(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep, per (experiment, level, flow, clip), only the run :mod:`~bptt_cli.plotting.choose`
-    prefers (the most epochs, then seeds), so a folder holding both a smoke and a paper run
-    plots the paper run."""
+    """Keep, per configuration, the runs :mod:`~bptt_cli.plotting.choose` prefers: the most
+    epochs, then seeds, so a folder holding both a smoke and a paper run plots the paper run;
+    runs of the preferred length whose seeds are new join it (a census trained in blocks of
+    seeds is drawn as one)."""
+    frame = frame.assign(
+        **{
+            c: frame[c].fillna(d) if c in frame else d
+            for c, d in (("optimizer", "adam"), ("precision", "float32"))
+        }
+    )
     runs = choose.candidates_of(frame)
-    keys = ["experiment", "level", "flow", "clip"]
-    configurations = frame.groupby("run_id")[keys].first().groupby(keys)
-    kept = {choose.best(runs[str(run_id)] for run_id in group.index).key for _, group in configurations}
+    seeds = frame.groupby("run_id")["seed"].unique()
+    kept = []
+    for _, group in frame.groupby("run_id")[CONFIGURATION].first().groupby(CONFIGURATION):
+        ranked = sorted((runs[str(run_id)] for run_id in group.index), key=choose.rank)
+        taken: set = set()
+        for candidate in ranked:
+            mine = set(seeds[candidate.key])
+            if candidate.epochs == ranked[0].epochs and not mine & taken:
+                kept.append(candidate.key)
+                taken |= mine
     return frame[frame["run_id"].astype(str).isin(kept)]
 
 
@@ -129,13 +146,17 @@ def band(rows: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.nd
     """Epochs, and the 25th, 50th and 75th percentiles over seeds of the smoothed ``column``."""
     table = rows.pivot_table(index="epoch", columns="seed", values=column, aggfunc="first").sort_index()
     curves = np.stack([smooth(table[seed].to_numpy()) for seed in table.columns], axis=1)
+    if not np.isfinite(curves).any():
+        return table.index.to_numpy(), curves[:, 0], curves[:, 0], curves[:, 0]
+    # A diverged seed is inf (summary.as_released): a percentile between a live seed and a dead
+    # one is inf, which NumPy cannot interpolate to; a sentinel above every live value can.
+    dead = np.isposinf(curves)
     with np.errstate(all="ignore"):
-        q25, q50, q75 = (
-            np.nanpercentile(curves, [25, 50, 75], axis=1)
-            if np.isfinite(curves).any()
-            else [curves[:, 0]] * 3
-        )
-    return table.index.to_numpy(), q25, q50, q75
+        top = np.nanmax(np.where(np.isfinite(curves), curves, np.nan), axis=1, keepdims=True)
+        top = np.where(np.isnan(top), 0.0, top)
+        q = np.nanpercentile(np.where(dead, 2.0 * np.abs(top) + 1.0, curves), [25, 50, 75], axis=1)
+    q = np.where(dead.any(axis=1) & (q > top[:, 0]), np.inf, q)
+    return table.index.to_numpy(), q[0], q[1], q[2]
 
 
 def flow_colour(flow: str, flows: list[str]) -> str:
@@ -154,12 +175,14 @@ def _plain_ticks(ax, narrow: bool) -> None:
 
 
 def _draw(ax, rows: pd.DataFrame, column: str, flows: list[str]) -> None:
-    for (flow, clip), curve in rows.groupby(["flow", "clip"], sort=False):
+    """One curve per flow and clip (and per optimizer and precision where those differ)."""
+    variants = [c for c in ("optimizer", "precision") if c in rows and rows[c].nunique() > 1]
+    for key, curve in rows.groupby(["flow", "clip", *variants], sort=False):
+        flow, clip = key[0], key[1]
         epochs, q25, q50, q75 = band(curve, column)
         colour = flow_colour(flow, flows)
-        ax.plot(
-            epochs, q50, color=colour, linestyle=CLIP_STYLES.get(clip, "-"), lw=1.4, label=f"{flow} {clip}"
-        )
+        label = " ".join(map(str, key))
+        ax.plot(epochs, q50, color=colour, linestyle=CLIP_STYLES.get(clip, "-"), lw=1.4, label=label)
         if curve["seed"].nunique() > 1:
             ax.fill_between(epochs, q25, q75, color=colour, alpha=0.18, lw=0)
 
