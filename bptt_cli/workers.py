@@ -39,12 +39,14 @@ PARENT_VARIABLE = "BPTT_WORKER_PARENT"
 
 @dataclass
 class PoolReport:
-    """What the workers did together (run ids), and how they ended."""
+    """What the workers did together (run ids), how they ended, and the errors they left to
+    their parent to print (each once: two workers meeting a full disk say the same)."""
 
     trained: list[str] = field(default_factory=list)
     found_complete: list[str] = field(default_factory=list)
     left_to_others: list[str] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def interrupted(self) -> bool:
@@ -62,6 +64,16 @@ def write_report(path: Path, report) -> None:
     """A worker's report (a ``runner.Report``) for its parent."""
     fields = {name: getattr(report, name) for name in ("trained", "found_complete", "left_to_others")}
     path.write_text(json.dumps(fields))
+
+
+def write_error(path: Path, message: str) -> bool:
+    """A worker's one-line error, for its parent to print; False when it cannot be written
+    (then the worker prints it)."""
+    try:
+        path.write_text(json.dumps({"error": message}))
+    except OSError:
+        return False
+    return True
 
 
 def run_pool(
@@ -105,6 +117,10 @@ def _merge(pool, specs: list[RunSpec]) -> PoolReport:
             report = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue  # a worker that failed before it trained anything
+        if "error" in report:
+            if report["error"] not in merged.errors:
+                merged.errors.append(report["error"])
+            continue
         trained |= set(report["trained"])
         complete |= set(report["found_complete"])
     for spec in specs:

@@ -61,11 +61,11 @@ def test_death_between_csv_and_checkpoint_loses_nothing(specs, tmp_path, monkeyp
     real_save = results.files.save_checkpoint
     calls = {"n": 0}
 
-    def dying_save(path, leaves, epochs_done):
+    def dying_save(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 6:  # second chunk, second run: its CSV already holds epoch 2
             raise SystemExit("killed")
-        real_save(path, leaves, epochs_done)
+        real_save(*args, **kwargs)
 
     monkeypatch.setattr(results.files, "save_checkpoint", dying_save)
     with pytest.raises(SystemExit):

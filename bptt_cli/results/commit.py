@@ -1,8 +1,10 @@
-"""Committing a program's chunks to its runs' files, and the resume state read back from them.
+"""Committing a program's chunks to its runs' files.
 
-Per run and chunk: append the CSV rows, replace the checkpoint, then replace the sidecar (see
-the package docstring for why in that order). Everything here works on host arrays: the
-compiled side (``bptt_cli.runner``) hands over fetched chunks and never touches a file.
+Per run and chunk: append the CSV rows (durable before the next write), replace the checkpoint
+(the one it replaces kept as the previous checkpoint), then replace the sidecar (see the package
+docstring for why in that order; ``resume`` reads them back). Everything here works on host
+arrays: the compiled side (``bptt_cli.runner``) hands over fetched chunks and never touches a
+file.
 """
 
 from __future__ import annotations
@@ -24,24 +26,7 @@ from bptt_cli.results.files import DIAGNOSTIC_CONFIG, RUN_CONFIG, RunFiles
 from bptt_cli.results.locks import RunLock, worker_name
 from bptt_cli.results.read import load_rows, read_run_csv
 
-# --- resume state -------------------------------------------------------------------------
-
-
-def epochs_committed(spec: RunSpec, out: Path) -> int:
-    """Epochs of ``spec`` committed under ``out`` (its checkpoint decides)."""
-    run_files = RunFiles.of(out / spec.experiment, spec.run_id)
-    saved = files.load_checkpoint(run_files.checkpoint)
-    return saved[1] if saved is not None and run_files.csv.exists() else 0
-
-
-def saved_states(specs: list[RunSpec], out: Path) -> dict[str, list[np.ndarray]]:
-    """Run id -> checkpointed training-state leaves, for the runs that have committed epochs."""
-    saved = {}
-    for spec in specs:
-        checkpoint = files.load_checkpoint(RunFiles.of(out / spec.experiment, spec.run_id).checkpoint)
-        if checkpoint is not None and checkpoint[1] > 0:
-            saved[spec.run_id] = checkpoint[0]
-    return saved
+# --- finished runs ------------------------------------------------------------------------
 
 
 def settle_finished(spec: RunSpec, out: Path) -> None:
@@ -66,8 +51,13 @@ def settle_finished(spec: RunSpec, out: Path) -> None:
 
 def history_until(history: list[dict], epoch: int) -> list[dict]:
     """A sidecar's history cut at ``epoch`` (where the checkpoint stands): entries that start
-    before it, the last one ending there (a sidecar can lag its checkpoint by one commit)."""
+    before it, the last one ending there (a sidecar can lag its checkpoint by one commit). When
+    the sidecar was lost (damaged), one entry says who trained the epochs before is unknown."""
     kept = [h for h in history if h.get("from_epoch", 0) < epoch]
+    if epoch > 0 and not kept:
+        return [
+            {"worker": "unknown (the sidecar that named it was damaged)", "from_epoch": 0, "to_epoch": epoch}
+        ]
     return [*kept[:-1], {**kept[-1], "to_epoch": epoch}] if kept else []
 
 
@@ -153,7 +143,7 @@ class ProgramWriter:
             complete = end >= spec.epochs
             if complete:
                 self._finish(spec, paths, chunk.trajectories, rows)
-            files.save_checkpoint(paths.checkpoint, [leaf[rows] for leaf in chunk.leaves], end)
+            files.save_checkpoint(paths.checkpoint, [leaf[rows] for leaf in chunk.leaves], end, spec.run_id)
             files.write_json(paths.meta, self._meta(spec, end, self.history[spec.run_id]))
             if complete and spec.run_id in self.locks:
                 self.locks.pop(spec.run_id).release(done=True)

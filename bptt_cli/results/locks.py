@@ -11,7 +11,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bptt_cli.results.files import writing
+from bptt_cli.results.read import warn
+
 LOCK_TOOL = "bptt-cli"
+# How every lock record starts: a record torn while written (a kill, a full disk) starts so too.
+RECORD_START = b'{"tool": "bptt-cli"'
 
 
 class LockError(Exception):
@@ -37,6 +42,11 @@ class RunLock:
     @classmethod
     def claim(cls, path: Path, run_id: str) -> RunLock | None:
         """Take the run's lock, or None when another live worker holds it."""
+        with writing(path):
+            return cls._claim(path, run_id)
+
+    @classmethod
+    def _claim(cls, path: Path, run_id: str) -> RunLock | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -58,15 +68,21 @@ class RunLock:
                 break
             os.close(fd)
         try:
-            _check_lock_text(path, os.pread(fd, 65536, 0))
+            torn = _check_lock_text(path, os.pread(fd, 65536, 0))
         except LockError:
             os.close(fd)  # closing drops the flock
             raise
+        if torn:
+            warn(f"{path}: torn lock record (its worker was killed while writing it); taken over")
         lock = cls(path, fd)
         record = {"tool": LOCK_TOOL, "run_id": run_id, "worker": worker_name(), "since": time.time()}
         data = (json.dumps(record) + "\n").encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        except OSError:
+            lock.release(done=False)
+            raise
         return lock
 
     def release(self, done: bool) -> None:
@@ -74,24 +90,31 @@ class RunLock:
         if self._fd < 0:
             return
         if done:
-            self.path.unlink(missing_ok=True)
+            with writing(self.path):
+                self.path.unlink(missing_ok=True)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = -1
 
 
-def _check_lock_text(path: Path, data: bytes) -> None:
-    if not data.strip():
-        return  # just created (by us or by a worker that has not written its record yet)
+def _check_lock_text(path: Path, data: bytes) -> bool:
+    """Raise ``LockError`` for a lock file that is not ours; True when it holds a torn record of
+    ours (NUL bytes a crash left, or a record cut short)."""
+    text = data.strip(b"\0 \n\t")
+    if not text:
+        return bool(data.strip())  # empty: just created (by us or a worker about to write)
     try:
-        record = json.loads(data)
+        record = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError):
         record = None
+        if text.startswith(RECORD_START) or RECORD_START.startswith(text):
+            return True
     if not isinstance(record, dict) or record.get("tool") != LOCK_TOOL:
         raise LockError(
             f"lock file {str(path)!r} was not written by bptt-cli; allowed: remove it if no other "
             "program uses it"
         )
+    return False
 
 
 def check_lock_file(path: Path) -> None:

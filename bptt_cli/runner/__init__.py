@@ -4,9 +4,12 @@ The runs still to train are grouped into programs (``core.plan``). Each program'
 claimed with lock files (so that several workers can share one grid and one results folder),
 built on the process's devices (``build``), executed as a stream of chunks (``execute``) and
 every chunk is committed to the runs' files (``results``) as it lands, so a kill loses at
-most the chunks in flight and a rerun resumes exactly where the checkpoints end. A program's
-rows are sharded over every device of the process; to train several programs at once on a
-machine, several processes share the grid (``bptt_cli.workers``).
+most the chunks in flight and a rerun resumes exactly where the checkpoints end. A claimed
+run's files are validated first (``results.inspect_run``; a checkpoint also against the
+training state of the program it resumes in): damaged ones are set aside and the run resumes
+from what its files prove, or restarts. A program's rows are sharded over every device of the
+process; to train several programs at once on a machine, several processes share the grid
+(``bptt_cli.workers``).
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from bptt_cli import problems, results
 from bptt_cli.core import devices
 from bptt_cli.core.plan import MAX_CHUNK, Chunk, Program, plan
 from bptt_cli.core.spec import RunSpec
-from bptt_cli.runner.build import Built, ProgramCache, build, numerics
+from bptt_cli.runner.build import Built, ProgramCache, build, numerics, prepare
 from bptt_cli.runner.execute import execute
 
 __all__ = ["Built", "ProgramCache", "Progress", "Report", "build", "execute", "pending_work", "run"]
@@ -71,13 +76,13 @@ ProgressFn = Callable[[Progress], None]
 
 
 def pending_work(specs: list[RunSpec], out: Path, force: bool = False) -> list[tuple[RunSpec, int]]:
-    """The runs still to train with the epoch each resumes from (an unlocked look: workers
-    check again after claiming)."""
+    """The runs still to train with the epoch each resumes from, and complete runs with a file
+    to repair (an unlocked look, which changes nothing: workers check again after claiming)."""
     work = []
     for spec in specs:
-        done = 0 if force else results.epochs_committed(spec, out)
-        if done < spec.epochs:
-            work.append((spec, done))
+        state = None if force else results.inspect_run(spec, out / spec.experiment)
+        if state is None or not state.complete or state.damage:
+            work.append((spec, 0 if state is None else state.start))
     return work
 
 
@@ -156,9 +161,10 @@ class _Session:
                 lock.release(done=False)  # those of finished runs are released already
 
     def _claim(self, program: Program) -> list[Program]:
-        """Claim the program's runs; the claimed ones grouped again by where each actually
-        resumes (another worker may have moved them on since we looked)."""
-        claimed = []
+        """Claim the program's runs and bring their files to what they prove (damaged ones set
+        aside); the claimed ones grouped again by where each actually resumes (another worker
+        may have moved them on since we looked)."""
+        claimed: dict[str, tuple[RunSpec, results.RunState]] = {}
         for spec in program.runs:
             files = results.RunFiles.of(self.out / spec.experiment, spec.run_id)
             lock = results.RunLock.claim(files.lock, spec.run_id)
@@ -167,20 +173,51 @@ class _Session:
                 self.done += (spec.epochs - program.start_epoch) * len(spec.seeds)
                 self._tell(program.problem)
                 continue
+            self.locks[spec.run_id] = lock
             if self.force and results.written_before(spec, self.out, self.started):
                 files.remove()
-            done = results.epochs_committed(spec, self.out)
-            if done >= spec.epochs:  # finished by another worker since we looked
+            claimed[spec.run_id] = (spec, results.inspect_run(spec, self.out / spec.experiment))
+        self._fit_checkpoints(claimed)
+        work = []
+        for spec, state in claimed.values():
+            files = results.RunFiles.of(self.out / spec.experiment, spec.run_id)
+            results.repair(spec, self.out / spec.experiment, state)
+            if state.complete:  # finished by another worker since we looked (or only repaired)
+                results.settle_finished(spec, self.out)
                 self.report.found_complete.append(spec.run_id)
-                lock.release(done=True)
+                self.locks.pop(spec.run_id).release(done=True)
                 continue
-            self.locks[spec.run_id] = lock
-            if done > 0:
+            if state.start > 0:
                 self.report.resumed.append(spec.run_id)
             elif files.exist():
                 files.remove()  # started, but no epoch committed: nothing to keep
-            claimed.append((spec, done))
-        return plan(claimed, self.profile, problems.get)
+            work.append((spec, state.start))
+        return plan(work, self.profile, problems.get)
+
+    def _fit_checkpoints(self, claimed: dict[str, tuple[RunSpec, results.RunState]]) -> None:
+        """Check each checkpoint resumed from against the training state of the program it
+        resumes in (its arrays and their shapes): one that does not fit (a damaged file, or
+        another version's) counts as damaged, and its run resumes from what is left."""
+        while True:
+            work = [(spec, state.start) for spec, state in claimed.values() if not state.complete]
+            changed = False
+            for part in plan(
+                [(spec, start) for spec, start in work if start > 0], self.profile, problems.get
+            ):
+                fits = partial(_fits, self._state_shapes(part))
+                for spec in part.runs:
+                    state = results.inspect_run(spec, self.out / spec.experiment, fits)
+                    changed |= state.start != claimed[spec.run_id][1].start
+                    claimed[spec.run_id] = (spec, state)
+            if not changed:
+                return
+
+    def _state_shapes(self, program: Program) -> list[tuple[int, ...]]:
+        """The shapes of one row's training-state leaves in ``program`` (traced, not computed)."""
+        with numerics(self.profile, program.precision):
+            prepared = prepare(program, self.profile, 1, self.cache)
+            state = jax.eval_shape(prepared.init, prepared.hypers)
+        return [tuple(leaf.shape[1:]) for leaf in jax.tree.leaves(state)]
 
     def _start(self, program: Program, interrupt: _Interrupt) -> _Job:
         """Build the program and open its runs' files."""
@@ -248,6 +285,16 @@ class _Session:
             self.progress(
                 Progress(self.done, self.total, runs_done, self.runs_total, status, test_loss, line)
             )
+
+
+def _fits(shapes: list[tuple[int, ...]], leaves: list[np.ndarray]) -> str | None:
+    """Why a checkpoint's ``leaves`` cannot be the training state whose rows have ``shapes``."""
+    if len(leaves) != len(shapes):
+        return f"holds {len(leaves)} arrays, the run's training state {len(shapes)}"
+    for i, (leaf, shape) in enumerate(zip(leaves, shapes, strict=True)):
+        if tuple(leaf.shape[1:]) != shape:
+            return f"holds array {i} of shape {tuple(leaf.shape[1:])} per seed, the training state {shape}"
+    return None
 
 
 def _chunk_cap() -> int:
