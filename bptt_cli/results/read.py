@@ -266,7 +266,8 @@ def read_results(root: Path, kind: str = "metrics") -> pd.DataFrame:
                     f"{_count(int(beyond.sum()), 'row')} of epochs past the {done} committed left out"
                 )
                 frame = frame[~beyond].reset_index(drop=True)
-            seeds = meta.get("config", {}).get("seeds")
+            run_config = meta.get("config")
+            seeds = run_config.get("seeds") if isinstance(run_config, dict) else None
             if kind == "metrics" and isinstance(seeds, list) and len(frame) < len(seeds) * done:
                 problems.append(f"holds {len(frame)} of the {len(seeds) * done} rows its sidecar commits")
         if problems:
