@@ -323,6 +323,9 @@ def test_plot_all_draws_every_kind_of_figure(tmp_path):
         "cartpole_trajectory.png",
         "lqr.pdf",
         "lqr.png",
+        "overview.pdf",
+        "overview.png",
+        "paired.csv",
         "summary.csv",
         "summary.md",
     ]

@@ -17,7 +17,7 @@ from bptt_cli import config
 from bptt_cli.cli import checks, show
 from bptt_cli.cli.show import err_console, out_console
 from bptt_cli.config import UserError
-from bptt_cli.results import LockError
+from bptt_cli.results import DiskError, LockError
 
 GROUPINGS = ("auto", "narrow", "wide")
 
@@ -247,7 +247,9 @@ def run(
                 sys.argv[1:], n_workers, mine, out, show.pool_progress(progress, n_workers)
             )
         failed = [(k, code) for k, code in enumerate(report.exit_codes, 1) if code not in (0, 130)]
-        if failed:  # each worker has said why on stderr already
+        for message in report.errors:  # a full disk: said once, however many workers met it
+            err_console.print(f"bptt-run: error: {message}", markup=False)
+        if failed:  # each worker has said why on stderr already, or in its report
             if not any(code == 2 for _, code in failed):
                 err_console.print(f"bptt-run: worker {failed[0][0]} failed with exit code {failed[0][1]}")
             raise typer.Exit(2 if any(code == 2 for _, code in failed) else 1)
@@ -257,6 +259,10 @@ def run(
             with show.progress_bar(enabled=worker is None) as progress:
                 report = runner.run(mine, out, force=force, profile=profile, progress=progress, rotate=rotate)
         except LockError as err:
+            raise UserError(str(err)) from None
+        except DiskError as err:
+            if worker_report is not None and pool.write_error(worker_report, str(err)):
+                raise typer.Exit(2) from None  # the parent says it, once for all its workers
             raise UserError(str(err)) from None
         if worker_report is not None:
             pool.write_report(worker_report, report)
@@ -285,11 +291,35 @@ def plot(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Figure folder [default: RESULTS/figures].")
     ] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PUBLISHED",
+            help="Also draw RESULTS' runs over the seeds of the same configurations in PUBLISHED "
+            "(e.g. docs/data/paper-norm) and say, per configuration, whether they fall inside "
+            "the published spread (RESULTS/against.csv, figures against_<experiment>).",
+        ),
+    ] = None,
+    publish: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DEST",
+            help="Copy RESULTS' finished runs into DEST as published data (metrics and diagnostics "
+            "gzipped, no checkpoints), which bptt-plot reads and bptt-run --out DEST takes as "
+            "complete; then stop.",
+        ),
+    ] = None,
 ) -> None:
     if not results_dir.is_dir():
         raise UserError(f"results folder {str(results_dir)!r} does not exist; run bptt-run first")
+    if publish is not None:
+        _publish(results_dir, publish)
+        return
+    if against is not None and not against.is_dir():
+        raise UserError(f"published folder {str(against)!r} does not exist; allowed: a folder of bptt-run results")
     figures = out or results_dir / "figures"
     checks.check_out(figures, locks=False)
+    comparison = _comparison(results_dir, against) if against is not None else None
 
     from bptt_cli import plotting
 
@@ -301,6 +331,46 @@ def plot(
     summary_md = results_dir / "summary.md"
     if summary_md.exists():
         out_console.print(summary_md.read_text())
+    if comparison is not None:
+        from bptt_cli import results
+        from bptt_cli.plotting import against as against_
+
+        table, mine, theirs = comparison
+        results.write_csv(results_dir / "against.csv", table)
+        for path in [*against_.plot_against(mine, theirs, figures), results_dir / "against.csv"]:
+            err_console.print(f"wrote {path}")
+        for line in against_.describe(table):
+            out_console.print(line, markup=False, soft_wrap=True)
+
+
+def _comparison(results_dir: Path, published: Path):
+    """``(table, mine, theirs)`` of ``--against``, checked before anything is written."""
+    from bptt_cli import results
+    from bptt_cli.plotting import against
+
+    mine, theirs = results.read_results(results_dir), results.read_results(published)
+    table = against.compare(mine, theirs) if not (mine.empty or theirs.empty) else None
+    if table is None or table.empty:
+        raise UserError(
+            f"no configuration of {str(results_dir)!r} is in {str(published)!r}; allowed: a published folder "
+            "holding the same experiment, level, flow, clip, optimizer and precision"
+        )
+    return table, mine, theirs
+
+
+def _publish(results_dir: Path, dest: Path) -> None:
+    checks.check_out(dest, locks=False)
+    from bptt_cli.results.publish import publish
+
+    try:
+        done, already = publish(results_dir, dest)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if not done and not already:
+        raise UserError(f"no finished run under {str(results_dir)!r} to publish")
+    err_console.print(
+        f"published {len(done)} finished run(s) into {dest}; {len(already)} were there already", markup=False
+    )
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -321,7 +391,7 @@ def _main(app: typer.Typer, prog: str) -> None:
     """Run a Typer app so that every input error is ONE line and exit code 2."""
     try:
         code = app(prog_name=prog, standalone_mode=False)
-    except UserError as err:
+    except (UserError, DiskError) as err:
         err_console.print(f"{prog}: error: {err}", markup=False)
         sys.exit(2)
     except typer.Abort:
