@@ -30,6 +30,9 @@ COLUMNS = [
     "best_test_loss",
     "threshold",
     "first_epoch_below",
+    "n_final_below",
+    "final_below_ci_low",
+    "final_below_ci_high",
     "n_diverged",
     "final_gap_median",
 ]
@@ -41,8 +44,9 @@ def summarize(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Da
     Per configuration: the number of seeds; the median and interquartile range over seeds of the
     final test loss; ``best_test_loss``, the median over seeds of each seed's lowest test loss;
     ``first_epoch_below``, the first epoch at which the median test loss over seeds is below the
-    definition's threshold (empty when it never is, or there is no threshold); how many seeds
-    diverged; and, for problems with a known optimum (lqr), the median over seeds of the final
+    definition's threshold (empty when it never is, or there is no threshold); ``n_final_below``,
+    how many seeds end below the threshold, with the exact (Clopper-Pearson) 95 % interval of
+    that fraction; how many seeds diverged; and, for problems with a known optimum (lqr), the median over seeds of the final
     ``optimality_gap``. ``thresholds`` maps run ids to thresholds.
     """
     frame = as_released(frame)
@@ -67,6 +71,7 @@ def summarize(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Da
                 "best_test_loss": _percentile(best, 50),
                 "threshold": threshold,
                 "first_epoch_below": int(below.index[0]) if len(below) else None,
+                **_count_below(final, threshold),
                 "n_diverged": int(group.groupby("seed")["diverged"].any().sum()),
                 "final_gap_median": _nan_stat(np.nanmedian, last["optimality_gap"].to_numpy(float))
                 if "optimality_gap" in last
@@ -75,8 +80,24 @@ def summarize(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Da
         )
     table = pd.DataFrame(rows, columns=COLUMNS)
     table = table.sort_values(["experiment", "level", "flow", "clip"], key=_figure_order, ignore_index=True)
-    table["first_epoch_below"] = table["first_epoch_below"].astype("Int64")
+    for column in ("first_epoch_below", "n_final_below"):
+        table[column] = table[column].astype("Int64")
     return table
+
+
+def _count_below(final: np.ndarray, threshold: float | None) -> dict[str, Any]:
+    """Seeds whose final loss is below ``threshold``, and the exact 95 % interval of the fraction."""
+    if threshold is None or not len(final):
+        return {
+            "n_final_below": None,
+            "final_below_ci_low": float("nan"),
+            "final_below_ci_high": float("nan"),
+        }
+    from scipy.stats import binomtest
+
+    k = int(np.sum(final < threshold))
+    interval = binomtest(k, len(final)).proportion_ci(confidence_level=0.95, method="exact")
+    return {"n_final_below": k, "final_below_ci_low": interval.low, "final_below_ci_high": interval.high}
 
 
 def as_released(frame: pd.DataFrame) -> pd.DataFrame:
@@ -251,6 +272,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         "final test loss, median [IQR]",
         "best",
         "first epoch < threshold",
+        "seeds ending below [95 % CI]",
         "diverged",
         *(["gap to optimum"] if with_gap else []),
     ]
@@ -270,6 +292,9 @@ def to_markdown(table: pd.DataFrame) -> str:
             f"{row.final_test_median:.4g} [{row.final_test_q25:.4g}, {row.final_test_q75:.4g}]",
             f"{row.best_test_loss:.4g}",
             below,
+            "-"
+            if no_threshold
+            else f"{row.n_final_below} of {row.n_seeds} [{row.final_below_ci_low:.0%}, {row.final_below_ci_high:.0%}]",
             str(row.n_diverged),
         ]
         if with_gap:

@@ -42,6 +42,9 @@ def test_summary_known_answers():
     assert c["best_test_loss"] == 2.0  # each seed's minimum is its final value
     assert c["first_epoch_below"] == 8  # median curve 12 - epoch < 5 first at epoch 8
     assert c["n_diverged"] == 0
+    # Final losses 1, 2, 3 against 5: all three below, exact 95 % interval [0.292, 1].
+    assert c["n_final_below"] == 3 and c["final_below_ci_low"] == pytest.approx(0.2924, abs=1e-4)
+    assert c["final_below_ci_high"] == 1.0
     assert r["final_test_median"] == 20.0 and r["n_diverged"] == 1
     assert pd.isna(r["first_epoch_below"])  # no threshold
 
@@ -52,7 +55,10 @@ def test_threshold_never_reached_and_markdown():
     text = summary.to_markdown(table)
     lines = text.strip().splitlines()
     assert len(lines) == 2 + 2
-    assert "| syn | n_poles=1 | C | NORM | 3 | 10 | 2 [1.5, 2.5] | 2 | never (< 0.5) | 0 |" in text
+    assert (
+        "| syn | n_poles=1 | C | NORM | 3 | 10 | 2 [1.5, 2.5] | 2 | never (< 0.5) | 0 of 3 [0%, 71%] | 0 |"
+        in text
+    )
 
 
 def test_moving_average_front_padded():
