@@ -1,14 +1,14 @@
 """Wall-time estimates for a plan, from the figures ``make bench`` stored for this machine.
 
 ``bench/bench.py`` measures seconds per epoch of one program at several row counts, per
-problem and per kind of row (one gradient, or two for C and paired programs), and saves them
-under ``$BPTT_CACHE_DIR`` (default ``~/.cache/bptt-cli``) keyed by a fingerprint of the
-machine. ``bptt-run --dry-run`` reads them back: a program's time is its compile time plus its
-epochs times the seconds per epoch at its row count (interpolated linearly between measured
-row counts), scaled by its number of minibatches per epoch. The figures are for one device; a
-program whose rows are sharded over devices is timed at its load per core
-(``devices.rows_per_core``), and W worker processes share the programs (the wall time is about
-the programs' sum over W, at least the longest one).
+problem and per number of backward passes (``Program.passes``: two for a combined flow such
+as C, and in a paired program), and saves them under ``$BPTT_CACHE_DIR`` (default
+``~/.cache/bptt-cli``) keyed by a fingerprint of the machine. ``bptt-run --dry-run`` reads
+them back: a program's time is its compile time plus its epochs times the seconds per epoch at
+its row count (interpolated linearly between measured row counts), scaled by its number of
+minibatches per epoch. The figures are for one device; a program whose rows are sharded over
+devices is timed at its load per core (``devices.rows_per_core``), and W worker processes
+share the programs (the wall time is about the programs' sum over W, at least the longest one).
 """
 
 from __future__ import annotations
@@ -114,8 +114,7 @@ def program_seconds(
 ) -> float | None:
     """Estimated wall time of a ``plan.Program`` whose load is ``rows_per_core`` (default: all
     its rows on one core), None without matching bench figures."""
-    gradients = 1 if program.single_gradient else 2
-    matching = [e for e in entries if e["problem"] == program.problem and e["gradients"] == gradients]
+    matching = [e for e in entries if e["problem"] == program.problem and e["gradients"] == program.passes]
     if not matching:
         return None
     batches = program.n_data / program.batch_size

@@ -1,11 +1,12 @@
 """Gradient flows through an unrolled simulation (docs/model.md §2).
 
-This is the only module that decides where gradients stop. A flow is given either as a static
-name (``"R"``, ``"M"``, ``"S"``, ``"C"`` or ``"T<k>"``), closed over by ``jit`` so that each
-flow traces its own, leanest program, or as :class:`Gates`: the same cuts written as per-row
-data, so that runs of different flows can share one vmapped program (a GPU runs the extra rows
-almost for free). Both give the same forward values, and the same gradients up to float32
-rounding.
+This is the only module that decides where gradients stop, and it knows no flow by name: it
+reads each flow's cuts and combination from the registry in :mod:`bptt_cli.core.flow_names`.
+A flow is given either as a name (``"R"``, ``"M"``, ``"S"``, ``"C"``, ``"T<k>"`` or any
+registered one), closed over by ``jit`` so that each flow traces its own, leanest program, or
+as :class:`Gates`: the same cuts written as per-row data, so that runs of different flows can
+share one vmapped program (a GPU runs the extra rows almost for free). Both give the same
+forward values, and the same gradients up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -18,54 +19,59 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bptt_cli.core.flow_names import FLOW_ORDER, Flow, canonical_flow, flow_rank, truncation
+from bptt_cli.core.flow_names import FLOWS, Cuts, Flow, FlowDef, canonical_flow, flow_def, flow_rank, register
 
 PyTree = Any
 Array = jax.Array
 canonical = canonical_flow  # re-exported: flows.canonical("m") == "M"
 __all__ = [
-    "FLOW_ORDER",
+    "FLOWS",
+    "Cuts",
     "Flow",
+    "FlowDef",
     "Gates",
     "canonical",
     "combine",
     "cosine",
+    "flow_def",
     "flow_gradients",
     "flow_rank",
     "gates",
+    "register",
     "rollout",
     "value_and_grad",
 ]
 
 
 class Gates(NamedTuple):
-    """A flow as data: which gradient paths are open (traced per row under ``vmap``).
+    """A flow as data: the cuts of its backward passes, traced per row under ``vmap``.
 
     Attributes:
-      net: the network's input Jacobian ∂N/∂x is kept (R, T<k>) or cut (M, S).
-      sim: the simulator's state input keeps its gradient (all but S).
-      every: truncation period k of T<k>; 0 means never.
-      combined: the row is C: it needs g_R and g_M and hands on their combination.
+      first: the cuts of the first pass: a single flow's own, a combined flow's B (its
+        gradient is the one the sign must agree with).
+      second: the cuts of the second pass, run by every row of a program that has a combined
+        row: a combined flow's A (whose entries are kept); a single flow repeats its own, and
+        the result is not used.
+      combined: the row is a combined flow: its update is A's entries where their sign agrees
+        with B's.
     """
 
-    net: Any
-    sim: Any
-    every: Any
+    first: Cuts
+    second: Cuts
     combined: Any
 
 
+def _as_data(cuts: Cuts) -> Cuts:
+    return Cuts(np.bool_(cuts.net), np.bool_(cuts.sim), np.int32(cuts.every))
+
+
 def gates(flow: str) -> Gates:
-    """The gates of a flow name, as NumPy scalars (C's first pass is R)."""
-    flow = canonical_flow(flow)
-    return Gates(
-        net=np.bool_(flow not in ("M", "S")),
-        sim=np.bool_(flow != "S"),
-        every=np.int32(truncation(flow) or 0),
-        combined=np.bool_(flow == "C"),
-    )
-
-
-_M_GATES = gates("M")
+    """The gates of a flow name, as NumPy scalars."""
+    definition = flow_def(flow)
+    if definition.combines is None:
+        return Gates(_as_data(definition.cuts), _as_data(definition.cuts), np.bool_(False))
+    keep, agree = (_as_data(flow_def(part).cuts) for part in definition.combines)
+    return Gates(agree, keep, np.bool_(True))
 
 
 def _keep(x: Array, keep) -> Array:
@@ -82,7 +88,7 @@ def _keep(x: Array, keep) -> Array:
 
 
 def rollout(
-    flow: str | Gates,
+    flow: str | Cuts,
     controller: Callable[[PyTree, Array], Array],
     step: Callable[[Array, Array], Array],
     theta: PyTree,
@@ -97,7 +103,8 @@ def rollout(
     differs. ``controller`` and ``step`` act on ONE sample and are vmapped here.
 
     Args:
-      flow: a flow name other than C, or :class:`Gates` (``combined`` is ignored here).
+      flow: a single flow's name, or :class:`Cuts` (Python values: cut statically; arrays:
+        selected per row at run time).
       perturbation: optional ``(n_steps + 1, B, ...)`` added to the states ``x_0 ... x_Nt``;
         zero in value, it makes ``∂L/∂x_t`` the gradient with respect to it (docs/model.md §14).
       unroll: the horizon scan's unroll factor (a speed setting; results are unchanged).
@@ -105,14 +112,16 @@ def rollout(
     Returns:
       ``xs (B, n_steps + 1, ...)`` with ``x0`` first, and ``us (B, n_steps, ...)``.
     """
-    if isinstance(flow, Gates):
-        net_on, sim_on, every = flow.net, flow.sim, flow.every
-    else:
-        flow = canonical_flow(flow)
-        if flow == "C":
-            raise ValueError("flow C combines two gradients; it has no single rollout (use value_and_grad)")
-        static = gates(flow)  # as Python bools: the cuts are traced into this flow's own program
-        net_on, sim_on, every = bool(static.net), bool(static.sim), truncation(flow)
+    if isinstance(flow, str):
+        definition = flow_def(flow)
+        if definition.cuts is None:
+            raise ValueError(
+                f"flow {definition.name} combines two gradients; it has no single rollout (use value_and_grad)"
+            )
+        flow = definition.cuts
+    net_on, sim_on, every = flow
+    if isinstance(every, int) and every == 0:
+        every = None  # a static flow without truncation traces no truncation at all
     net = jax.vmap(controller, in_axes=(None, 0))
     sim = jax.vmap(step)
 
@@ -141,20 +150,22 @@ def rollout(
     return jnp.swapaxes(xs, 0, 1), jnp.swapaxes(us, 0, 1)
 
 
-def combine(g_m: PyTree, g_r: PyTree) -> PyTree:
-    """The C rule: ``g_M[j]`` where ``sign(g_M[j]) == sign(g_R[j])``, else 0 (``sign(0) = 0``)."""
-    return jax.tree.map(lambda m, r: jnp.where(jnp.sign(m) == jnp.sign(r), m, jnp.zeros_like(m)), g_m, g_r)
+def combine(g_a: PyTree, g_b: PyTree) -> PyTree:
+    """The combination rule: ``g_A[j]`` where ``sign(g_A[j]) == sign(g_B[j])``, else 0
+    (``sign(0) = 0``). C is ``combine(g_M, g_R)``."""
+    return jax.tree.map(lambda a, b: jnp.where(jnp.sign(a) == jnp.sign(b), a, jnp.zeros_like(a)), g_a, g_b)
 
 
-def kept_fraction(g_m: PyTree, g_r: PyTree, n_params=None) -> Array:
-    """Fraction of parameter entries where ``sign(g_M) == sign(g_R)`` (what C keeps, docs/model.md §14).
+def kept_fraction(g_a: PyTree, g_b: PyTree, n_params=None) -> Array:
+    """Fraction of parameter entries where ``sign(g_A) == sign(g_B)`` (what a combined flow
+    keeps, docs/model.md §14).
 
     ``n_params`` counts the real entries when the parameters carry padding (padded entries are
     exactly zero in both gradients, so they always agree and are subtracted here).
     """
-    leaves = list(zip(jax.tree.leaves(g_m), jax.tree.leaves(g_r), strict=True))
-    agree = sum(jnp.sum(jnp.sign(m) == jnp.sign(r)) for m, r in leaves)
-    total = sum(m.size for m, _ in leaves)
+    leaves = list(zip(jax.tree.leaves(g_a), jax.tree.leaves(g_b), strict=True))
+    agree = sum(jnp.sum(jnp.sign(a) == jnp.sign(b)) for a, b in leaves)
+    total = sum(a.size for a, _ in leaves)
     if n_params is None:
         return agree / total
     return (agree - (total - n_params)) / n_params
@@ -175,9 +186,9 @@ class FlowUpdate(NamedTuple):
     """What one minibatch's flow computation hands back."""
 
     value: tuple[Array, dict[str, Array]]  # the loss and its aux parts
-    update: PyTree  # what the optimizer receives (C: the combination)
-    cos_mr: Array  # cos(g_M, g_R) for C rows, NaN otherwise
-    kept: Array  # C's kept fraction for C rows, NaN otherwise
+    update: PyTree  # what the optimizer receives (a combined flow: the combination)
+    cos_mr: Array  # a combined flow's cos(g_A, g_B) (C: cos(g_M, g_R)), NaN otherwise
+    kept: Array  # a combined flow's kept fraction, NaN otherwise
 
 
 def flow_gradients(
@@ -193,44 +204,49 @@ def flow_gradients(
     unroll: int = 1,
     n_params=None,
 ) -> FlowUpdate:
-    """The loss and the update a flow hands to the optimizer.
+    """The loss and the update a flow hands to the optimizer (docs/model.md §2).
 
-    ``loss(xs, us) -> (scalar, aux)``. With a static flow name, C runs its two passes (R, then
-    M) one after the other, and other flows one pass. With :class:`Gates`, ``pair`` (static)
-    says whether any row of the program is C: then every row computes two gradients as one
-    vmapped pass of twice the width (its own flow, or R for C rows; and M), which costs one
-    pass's sequential steps on a GPU; without ``pair`` every row computes one.
+    ``loss(xs, us) -> (scalar, aux)``. With a flow name, a combined flow ``(A, B)`` runs B's
+    pass, then A's, one after the other, and a single flow one pass. With :class:`Gates`,
+    ``pair`` (static) says whether any row of the program is combined: then every row computes
+    two gradients as one vmapped pass of twice the width (``Gates.first`` and
+    ``Gates.second``), which costs one pass's sequential steps on a GPU; without ``pair`` every
+    row computes one. The value is the first pass's (forward values agree across flows).
     """
 
-    def objective(how, params):
-        xs, us = rollout(how, controller, step, params, x0, n_steps, unroll=unroll)
+    def objective(cuts, params):
+        xs, us = rollout(cuts, controller, step, params, x0, n_steps, unroll=unroll)
         return loss(xs, us)
 
     grad = jax.value_and_grad(objective, argnums=1, has_aux=True)
     nan = jnp.asarray(jnp.nan, jnp.result_type(float))
+
+    def combined(value, g_a, g_b, rows=None):
+        """A's entries where their sign agrees with B's, the two gradients' cosine and what
+        the rule keeps; with per-row data, only on the ``rows`` that are combined (the others
+        keep their first gradient, B's place, and get NaN)."""
+        update, cos, kept = combine(g_a, g_b), cosine(g_a, g_b), kept_fraction(g_a, g_b, n_params)
+        if rows is None:
+            return FlowUpdate(value, update, cos, kept)
+        update = jax.tree.map(lambda c, own: jnp.where(rows, c, own), update, g_b)
+        return FlowUpdate(value, update, jnp.where(rows, cos, nan), jnp.where(rows, kept, nan))
+
     if isinstance(flow, Gates):
         if not pair:
-            value, g = grad(flow, theta)
+            value, g = grad(flow.first, theta)
             return FlowUpdate(value, g, nan, nan)
-        # A C row's own gates are R's, so its first gradient is g_R.
-        both = jax.tree.map(lambda a, b: jnp.stack([jnp.asarray(a), jnp.asarray(b)]), flow, _M_GATES)
+        both = jax.tree.map(lambda a, b: jnp.stack([jnp.asarray(a), jnp.asarray(b)]), flow.first, flow.second)
         values, g2 = jax.vmap(grad, in_axes=(0, None))(both, theta)
-        value = jax.tree.map(lambda v: v[0], values)
-        g_r, g_m = jax.tree.map(lambda g: g[0], g2), jax.tree.map(lambda g: g[1], g2)
-        update = jax.tree.map(lambda c, own: jnp.where(flow.combined, c, own), combine(g_m, g_r), g_r)
-        return FlowUpdate(
-            value,
-            update,
-            jnp.where(flow.combined, cosine(g_m, g_r), nan),
-            jnp.where(flow.combined, kept_fraction(g_m, g_r, n_params), nan),
-        )
-    flow = canonical_flow(flow)
-    if flow != "C":
-        value, g = grad(flow, theta)
+        first, second = (jax.tree.map(lambda g, i=i: g[i], g2) for i in (0, 1))
+        return combined(jax.tree.map(lambda v: v[0], values), second, first, flow.combined)
+    definition = flow_def(flow)
+    if definition.combines is None:
+        value, g = grad(definition.cuts, theta)
         return FlowUpdate(value, g, nan, nan)
-    value, g_r = grad("R", theta)
-    _, g_m = grad("M", theta)
-    return FlowUpdate(value, combine(g_m, g_r), cosine(g_m, g_r), kept_fraction(g_m, g_r, n_params))
+    keep, agree = (flow_def(part).cuts for part in definition.combines)
+    value, g_b = grad(agree, theta)
+    _, g_a = grad(keep, theta)
+    return combined(value, g_a, g_b)
 
 
 def value_and_grad(
@@ -245,7 +261,7 @@ def value_and_grad(
     """The method as a library: loss and the flow's update for your own simulator.
 
     Args:
-      flow: ``"R"``, ``"M"``, ``"S"``, ``"C"``, ``"T<k>"`` or a ``Flow``.
+      flow: ``"R"``, ``"M"``, ``"S"``, ``"C"``, ``"T<k>"``, a ``Flow`` or any registered name.
       controller: ``controller(params, x) -> u`` for ONE sample.
       step: ``step(x, u) -> x_next`` for ONE sample.
       loss: ``loss(xs, us) -> scalar`` (or a ``Task.loss``'s ``(total, aux)``) with
@@ -255,7 +271,8 @@ def value_and_grad(
       n_steps: number of simulator steps.
 
     Returns:
-      ``(loss_value, grads)``; for C, ``grads`` is the combined update (docs/model.md §2).
+      ``(loss_value, grads)``; for a combined flow (C), ``grads`` is the combination
+      (docs/model.md §2).
     """
 
     def with_aux(xs, us):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bptt_cli.core.devices import Profile
-from bptt_cli.core.flow_names import flow_rank
+from bptt_cli.core.flow_names import flow_def, flow_rank
 from bptt_cli.core.spec import RunSpec
 from bptt_cli.core.task import ProblemDef
 
@@ -32,7 +32,6 @@ class Program:
       level: the static level (one shape), the level every row is padded to
         (``levels_padded``), or None when the level is a traced number.
       flow: the flow shared by every row, or None when the flow is per-row data.
-      pair: with per-row flows, some row is C (every row computes g_R and g_M).
       start_epoch: where every run of the program resumes (0 for fresh runs).
     """
 
@@ -42,7 +41,6 @@ class Program:
     level: Any
     levels_padded: bool
     flow: str | None
-    pair: bool
     optimizer: str
     batch_size: int
     n_data: int
@@ -65,9 +63,16 @@ class Program:
         return sorted({s.level for s in self.runs})
 
     @property
-    def single_gradient(self) -> bool:
-        """Whether a row computes one gradient (C, or any row of a paired program, needs two)."""
-        return not (self.pair or self.flow == "C")
+    def passes(self) -> int:
+        """Backward passes per row and minibatch: 2 where some row's flow is combined (in a
+        paired program every row runs two), else 1."""
+        return max(flow_def(flow).passes for flow in self.flows)
+
+    @property
+    def pair(self) -> bool:
+        """With per-row flows, whether some row is a combined flow (every row then computes
+        two gradients in one vmapped pass)."""
+        return self.flow is None and self.passes == 2
 
     def describe(self) -> str:
         first = self.runs[0]
@@ -134,7 +139,6 @@ def plan(
                 level=max(s.level for s in specs) if padded else level,
                 levels_padded=padded,
                 flow=flow,
-                pair=flow is None and any(s.flow == "C" for s in specs),
                 optimizer=optimizer,
                 batch_size=batch_size,
                 n_data=n_data,

@@ -34,7 +34,8 @@ class Setup:
       flow: a flow name shared by every row, or ``None`` when the flow is per-row data
         (``Hypers.gates``).
       optimizer, batch_size: as in the run's configuration.
-      pair: with per-row flows, whether some row is C (every row then computes two gradients).
+      pair: with per-row flows, whether some row is a combined flow (every row then computes two
+        gradients).
       unroll: unroll factor of the horizon scan (a speed setting; results are unchanged).
       precision: ``"float64"`` widens the initial parameters (drawn in float32, like the
         data, so that both precisions start alike); the program is traced under jax's x64.

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from bptt_cli.core.flow_names import flow_rank
+from bptt_cli.core.flow_names import FLOWS, flow_colour, flow_rank
 from bptt_cli.plotting import choose, save_figure
 
-FLOW_COLOURS = {"R": "#ef476f", "M": "#ffd166", "C": "#06d6a0", "S": "#073b4c"}
-EXTRA_COLOURS = ("#118ab2", "#8d99ae", "#6a4c93", "#f78c6b")  # truncated flows T<k>
+# The built-in flows' colours, declared in the flow registry (figures of other flows call flow_colour).
+FLOW_COLOURS = {name: flow.colour for name, flow in FLOWS.items() if flow.colour}
 CLIP_STYLES = {"VALUE": "-", "NORM": "--", "NONE": ":"}  # also the order of the clips in the legend
 SMOOTHING = 30
 
@@ -157,13 +157,6 @@ def band(rows: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.nd
         q = np.nanpercentile(np.where(dead, 2.0 * np.abs(top) + 1.0, curves), [25, 50, 75], axis=1)
     q = np.where(dead.any(axis=1) & (q > top[:, 0]), np.inf, q)
     return table.index.to_numpy(), q[0], q[1], q[2]
-
-
-def flow_colour(flow: str, flows: list[str]) -> str:
-    if flow in FLOW_COLOURS:
-        return FLOW_COLOURS[flow]
-    extras = sorted(f for f in flows if f not in FLOW_COLOURS)
-    return EXTRA_COLOURS[extras.index(flow) % len(EXTRA_COLOURS)]
 
 
 def _plain_ticks(ax, narrow: bool) -> None:

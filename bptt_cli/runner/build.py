@@ -286,7 +286,7 @@ def _hypers(rows: Sequence[tuple[RunSpec, int]], precision: str = "float32") -> 
         clip_value=jnp.asarray([value for value, _ in thresholds], real),
         clip_norm=jnp.asarray([norm for _, norm in thresholds], real),
         level=jnp.asarray([float(spec.level) for spec, _ in rows], real),
-        gates=flows.Gates(*(jnp.asarray(np.stack(field)) for field in zip(*gates, strict=True))),
+        gates=jax.tree.map(lambda *per_row: jnp.asarray(np.stack(per_row)), *gates),
     )
 
 
