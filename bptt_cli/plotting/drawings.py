@@ -46,6 +46,8 @@ import numpy as np
 from matplotlib.patches import FancyArrow, Rectangle
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
+from bptt_cli.problems.params import CartPoleParams, GuidanceParams, PendulumParams, QuantumParams
+
 CART_COLOUR = "#073b4c"
 LINK_COLOURS = ("#ef476f", "#118ab2", "#06d6a0", "#6a4c93", "#f78c6b", "#8d99ae")
 FORCE_COLOUR = "#e76f51"
@@ -127,10 +129,10 @@ def _draw_cart_and_force(ax, cart_x: float, force: float | None) -> None:
 class CartPoleDrawing:
     """Cart-pole (docs/model.md §5), state ``(1+P, 2)``: row 0 = cart ``(x, ẋ)``, row k = pole k
     ``(θ_k, θ̇_k)`` with θ = 0 upright. All poles hinge on the cart; each is drawn with its full
-    length 1.0 (the equations use the half-length 0.5). The control is the force on the cart."""
+    length, twice the half-length of the equations. The control is the force on the cart."""
 
-    dt = 0.01
-    pole_length = 1.0
+    dt = CartPoleParams().dt
+    pole_length = 2 * CartPoleParams().pole_length
 
     def frame(self, ax, x, u) -> None:
         x = np.asarray(x, dtype=float)
@@ -153,15 +155,15 @@ class CartPoleDrawing:
 
 class PendulumDrawing:
     """Chained pendulum on a cart (docs/model.md §13), state ``(1+n, 2)``: row 0 = cart ``(x, ẋ)``, row k
-    = link k ``(φ_k, φ̇_k)``, the absolute angle from upright. Links of length 0.5 in a chain,
-    link 1 hinged on the cart, tip k at ``(x + 0.5·Σ_{j≤k} sin φ_j, 0.5·Σ_{j≤k} cos φ_j)``, a
+    = link k ``(φ_k, φ̇_k)``, the absolute angle from upright. Links of length ℓ in a chain,
+    link 1 hinged on the cart, tip k at ``(x + ℓ·Σ_{j≤k} sin φ_j, ℓ·Σ_{j≤k} cos φ_j)``, a
     mass at every tip. Every frame is centred on the cart at equal aspect, as tall and wide as
     the chain is long: the cart travels several metres, and a view wide enough for its whole
     path would shrink links of half a metre to dots. Where the cart is shows on the x axis (in
     track coordinates) and in a label; the track's origin is marked when in view."""
 
-    dt = 0.01
-    link_length = 0.5
+    dt = PendulumParams().dt
+    link_length = PendulumParams().link_length
 
     def frame(self, ax, x, u) -> None:
         x = np.asarray(x, dtype=float)
@@ -209,8 +211,8 @@ class GuidanceDrawing:
     evaders) × (position, velocity) × (x, y). Draws every agent's path, where it starts and
     ends, and the target (the origin)."""
 
-    dt = 4.0 / 60
-    n_drivers = 2
+    dt = GuidanceParams().dt
+    n_drivers = GuidanceParams().n_drivers
     driver_colour = "#118ab2"
     evader_colour = "#f78c6b"
 
@@ -241,19 +243,20 @@ class GuidanceDrawing:
 
 
 class QuantumDrawing:
-    """Quantum control (docs/model.md §7), states ``(Nt+1, 32, 2)``: real and imaginary parts of ψ on
-    ``x_j = j·dx``, dx = 2/33, j = 1…32; control ``(Nt,)`` or ``(Nt, 1)``, the uniform field u.
+    """Quantum control (docs/model.md §7), states ``(Nt+1, nx, 2)``: real and imaginary parts of ψ
+    on ``x_j = j·dx``, ``dx = length / (nx + 1)``, j = 1…nx; control ``(Nt,)`` or ``(Nt, 1)``,
+    the uniform field u.
     Draws the probability density |ψ(x, t)|² as an image (time upwards), the mean position on
     top of it, and u(t) in a panel beside it sharing the time axis."""
 
-    dt = 0.0625
-    n_points = 32
+    dt = QuantumParams().dt
+    length = QuantumParams().length
 
     def trajectory(self, ax, xs, us) -> None:
         psi = np.asarray(xs, dtype=float)
         density = psi[..., 0] ** 2 + psi[..., 1] ** 2  # (Nt+1, Nx)
         n_x = density.shape[1]
-        dx = 2.0 / (n_x + 1)
+        dx = self.length / (n_x + 1)
         positions = dx * np.arange(1, n_x + 1)
         times = self.dt * np.arange(density.shape[0])
         image = ax.imshow(
@@ -261,7 +264,7 @@ class QuantumDrawing:
             origin="lower",
             aspect="auto",
             cmap="magma",
-            extent=(0.5 * dx, 2.0 - 0.5 * dx, -0.5 * self.dt, times[-1] + 0.5 * self.dt),
+            extent=(0.5 * dx, self.length - 0.5 * dx, -0.5 * self.dt, times[-1] + 0.5 * self.dt),
             interpolation="nearest",
         )
         ax.set_facecolor(image.cmap(0.0))  # the walls, where ψ = 0
@@ -269,8 +272,8 @@ class QuantumDrawing:
         with np.errstate(all="ignore"):
             mean_x = (density * positions).sum(axis=1) / total
         ax.plot(mean_x, times, color="white", lw=0.9, alpha=0.8, label="mean position")
-        ax.set_xlim(0.0, 2.0)
-        ax.set_xticks([0.0, 0.5, 1.0, 1.5, 2.0])
+        ax.set_xlim(0.0, self.length)
+        ax.set_xticks(np.linspace(0.0, self.length, 5))
         ax.set_xlabel("position x in the box")
         ax.set_ylabel("time t")
         ax.legend(loc="upper right", fontsize=7, framealpha=0.6)

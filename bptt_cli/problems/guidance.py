@@ -9,7 +9,6 @@ coefficient ``reg_coef`` of the loss; it changes no shape, so every level shares
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -18,25 +17,12 @@ import numpy as np
 
 from bptt_cli import nn
 from bptt_cli.core.task import ProblemDef, Task
+from bptt_cli.problems.params import GuidanceParams
 
 # --- params -----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Params:
-    """Constants of docs/model.md §6. The evader flocking sign and the sum-of-evaders centre are as released."""
-
-    dt: float = 4.0 / 60
-    n_steps: int = 60
-    n_drivers: int = 2
-    n_evaders: int = 4
-    softening: float = 0.1
-    driver_damping: float = 1.0
-    driver_repulsion: float = 0.2
-    evader_repulsion: float = 15.0
-    evader_damping: float = 4.0
-    evader_cohesion: float = 0.2
-    flock_distance: float = 0.5
+# Declared in params.py with the other drawn problems' constants: the drawings read them there.
+Params = GuidanceParams
 
 
 # --- physics ----------------------------------------------------------------------------

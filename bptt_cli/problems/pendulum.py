@@ -10,30 +10,20 @@ advances by semi-implicit Euler. Data, controller and loss are those of the cart
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bptt_cli import nn
 from bptt_cli.core.task import ProblemDef, Task
-from bptt_cli.problems import cartpole
+from bptt_cli.problems import cart
+from bptt_cli.problems.params import PendulumParams
 
 # --- params -----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Params:
-    """Physical constants (docs/model.md §13): T = 2 s in 200 steps."""
-
-    cart_mass: float = 1.0
-    link_length: float = 0.5
-    tip_mass: float = 0.1
-    gravity: float = 9.8
-    dt: float = 0.01
-    n_steps: int = 200
+# Declared in params.py with the other drawn problems' constants: the drawings read them there.
+Params = PendulumParams
 
 
 # --- physics ----------------------------------------------------------------------------
@@ -124,115 +114,29 @@ def energy(x: jax.Array, params: Params = Params()) -> jax.Array:
     return 0.5 * q_dot @ mass @ q_dot + potential
 
 
-# --- data -------------------------------------------------------------------------------
+# --- data, controller, loss: those of the cart-pole (§5) ----------------------------------
 
-
-def sample_data(key: jax.Array, n_data: int, n_links: int) -> tuple[jax.Array, jax.Array]:
-    """Draw ``2 * n_data`` states as for the cart-pole (§5): entries U(−1, 1), link angles
-    ``π + u·π/6`` from the same u. The first half trains, the second half tests."""
-    states = cartpole.sample_initial_states(key, 2 * n_data, n_links)
-    return states[:n_data], states[n_data:]
-
-
-# --- controller -------------------------------------------------------------------------
-
-
-def init_controller(key: jax.Array, n_links: int, width: int = 100) -> list[dict[str, jax.Array]]:
-    """Dense 100 tanh -> Dense 100 tanh -> Dense 1 on the flattened state; last kernel zero."""
-    return nn.init_mlp(key, [2 * (1 + n_links), width, width, 1], zero_last=True)
-
-
-def controller(theta: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
-    """Force (scalar) for ONE state ``(1+n, 2)``."""
-    return nn.mlp(theta, x.reshape(-1))[0]
-
-
-# --- loss -------------------------------------------------------------------------------
-
-
-def loss(xs: jax.Array, us: jax.Array, mode: str = "FINAL") -> jax.Array:
-    """``1 − mean cos(phi_k)`` over batch and links (§5, §13); range [0, 2].
-
-    ``xs`` is ``(B, n_steps + 1, 1+n, 2)``. FINAL takes the last state; CONTINUOUS averages
-    over the states ``x_1 … x_Nt`` as well.
-    """
-    del us
-    angles = xs[:, -1, 1:, 0] if mode == "FINAL" else xs[:, 1:, 1:, 0]
-    return 1.0 - jnp.mean(jnp.cos(angles))
-
-
-def _padded_loss(xs: jax.Array, mode: str, n_links) -> jax.Array:
-    """``loss`` when links beyond ``n_links`` are padding (their angle is 0: ``1 − cos = 0``)."""
-    angles = xs[:, -1, 1:, 0] if mode == "FINAL" else xs[:, 1:, 1:, 0]
-    return jnp.sum(1.0 - jnp.cos(angles)) / (angles.size // angles.shape[-1] * n_links)
-
+sample_data, loss = cart.sample_data, cart.loss
+init_controller, controller = cart.init_controller, cart.controller
 
 # --- problem descriptor -----------------------------------------------------------------
-
-LOSS_MODES = ("FINAL", "CONTINUOUS")
-
-
-def _mode(options) -> str:
-    mode = options.get("loss", "FINAL")
-    if mode not in LOSS_MODES:
-        raise ValueError(f"unknown loss mode {mode!r}; allowed: {', '.join(LOSS_MODES)}")
-    return mode
 
 
 def _make_task(n_links: int, options) -> Task:
     params = Params()
-    mode = _mode(options)
-    n_links = int(n_links)
-    return Task(
-        step=partial(step, params=params),
-        controller=controller,
-        init_controller=partial(init_controller, n_links=n_links),
-        loss=lambda xs, us: (loss(xs, us, mode), {}),
-        sample_data=partial(sample_data, n_links=n_links),
-        n_steps=params.n_steps,
-    )
-
-
-def _n_params(n_links: int, width: int = 100) -> int:
-    return 2 * (1 + n_links) * width + width + width * width + width + width + 1
+    return cart.make_task(partial(step, params=params), params.n_steps, n_links, options)
 
 
 def _make_padded_task(n_links, max_links: int, options) -> Task:
-    """The task at ``n_links`` (traced) with every array shaped for ``max_links`` links.
-
-    Padded links rest at angle 0 with identity rows in ``M`` and a zero right-hand side, so
-    they never move and add nothing to the cart; the network's input weights for them start
-    at zero and, seeing zero inputs, receive zero gradients, so they stay zero under every
-    optimizer. Results equal ``_make_task(n_links)``'s up to float32 rounding.
-    """
+    """The task at ``n_links`` (traced) shaped for ``max_links`` links (``cart.make_padded_task``):
+    padded links rest at angle 0 with identity rows in ``M`` and a zero right-hand side."""
     params = Params()
-    mode = _mode(options)
-    real = jnp.arange(max_links) < n_links
-    index = lambda: jnp.clip(jnp.asarray(n_links, jnp.int32) - 1, 0, max_links - 1)  # noqa: E731
-
-    def init(key):
-        candidates = []
-        for p in range(1, max_links + 1):
-            theta = init_controller(key, p)
-            first = jnp.zeros((2 * (1 + max_links), theta[0]["w"].shape[1]), theta[0]["w"].dtype)
-            theta[0] = {"w": first.at[: 2 * (1 + p)].set(theta[0]["w"]), "b": theta[0]["b"]}
-            candidates.append(theta)
-        return jax.tree.map(lambda *leaves: jnp.stack(leaves)[index()], *candidates)
-
-    def data(key, n_data):
-        parts = sample_data(key, n_data, int(n_links))
-        pad = ((0, 0), (0, max_links - int(n_links)), (0, 0))
-        return tuple(jnp.pad(part, pad) for part in parts)
-
-    counts = jnp.asarray([_n_params(p) for p in range(1, max_links + 1)])
-    return Task(
-        step=lambda x, u: _step(x, u, params, n_links, real),
-        controller=controller,
-        init_controller=init,
-        loss=lambda xs, us: (_padded_loss(xs, mode, n_links), {}),
-        sample_data=data,
-        n_steps=params.n_steps,
-        n_params=counts[index()],
+    return cart.make_padded_task(
+        lambda real: lambda x, u: _step(x, u, params, n_links, real),
+        params.n_steps,
+        n_links,
+        max_links,
+        options,
     )
 
 
@@ -243,7 +147,7 @@ PROBLEM = ProblemDef(
     level_is_static=True,
     make_task=_make_task,
     default_options={"loss": "FINAL"},
-    option_choices={"loss": LOSS_MODES},
+    option_choices={"loss": cart.LOSS_MODES},
     valid_level=lambda n: 1 <= n <= 3,
     valid_level_text="1, 2 or 3 links",
     make_padded_task=_make_padded_task,

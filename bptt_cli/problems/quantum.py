@@ -9,7 +9,6 @@ walls. The control is one scalar per sample: the strength ``u`` of a uniform fie
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -18,22 +17,12 @@ import numpy as np
 
 from bptt_cli import nn
 from bptt_cli.core.task import ProblemDef, Task
+from bptt_cli.problems.params import QuantumParams
 
 # --- params -----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Params:
-    """Grid and time constants (docs/model.md §7): ``dx = length / (nx + 1)``."""
-
-    nx: int = 32
-    length: float = 2.0
-    dt: float = 0.0625
-    n_steps: int = 128
-
-    @property
-    def dx(self) -> float:
-        return self.length / (self.nx + 1)
+# Declared in params.py with the other drawn problems' constants: the drawings read them there.
+Params = QuantumParams
 
 
 # --- physics ----------------------------------------------------------------------------
