@@ -5,9 +5,10 @@ A published folder has the layout of a results folder, holding finished runs onl
 - ``<run_id>.json``: its sidecar, unchanged (configuration, versions, devices, history);
 - ``<run_id>.csv.gz``: its metrics, every (seed, epoch) once, gzip without a time stamp so
   that publishing the same run twice gives the same bytes;
-- ``<run_id>.diagnostics.csv.gz`` and ``<run_id>.trajectories.npz`` where the run has them.
+- ``<run_id>.diagnostics.csv.gz`` where the run has diagnostics.
 
-No checkpoint and no lock: ``bptt-plot`` reads such a folder as it reads a results folder, and
+No checkpoint, no lock and no trajectories (a quantum run's are 0.8 MB and no paper figure
+draws them): ``bptt-plot`` reads such a folder as it reads a results folder, and
 ``bptt-run --out`` into it takes these runs as complete (``resume.epochs_committed``) and trains
 only the rest, so a long campaign resumes from what was committed, on any machine.
 """
@@ -39,9 +40,9 @@ def is_published(folder: Path, run_id: str) -> bool:
         sidecar = json.loads(meta.read_text())
     except (OSError, ValueError):
         return False
-    return sidecar.get("status") == "complete" and sidecar.get("epochs_done") == sidecar.get("config", {}).get(
-        "epochs"
-    )
+    return sidecar.get("status") == "complete" and sidecar.get("epochs_done") == sidecar.get(
+        "config", {}
+    ).get("epochs")
 
 
 def finished_runs(source: Path) -> list[tuple[Path, dict]]:
@@ -84,12 +85,13 @@ def publish(source: Path, dest: Path) -> tuple[list[str], list[str]]:
             )
         diagnostics = folder / f"{run_id}.diagnostics.csv"
         if diagnostics.is_file():
-            files.write_atomic(target / f"{run_id}.diagnostics{COMPRESSED}", gzip_bytes(diagnostics.read_bytes()))
-        trajectories = folder / f"{run_id}.trajectories.npz"
-        if trajectories.is_file():
-            files.write_atomic(target / trajectories.name, trajectories.read_bytes())
+            files.write_atomic(
+                target / f"{run_id}.diagnostics{COMPRESSED}", gzip_bytes(diagnostics.read_bytes())
+            )
         # The metrics, then the sidecar: a folder cut short by a kill holds no sidecar without rows.
-        files.write_atomic(target / f"{run_id}{COMPRESSED}", gzip_bytes((folder / f"{run_id}.csv").read_bytes()))
+        files.write_atomic(
+            target / f"{run_id}{COMPRESSED}", gzip_bytes((folder / f"{run_id}.csv").read_bytes())
+        )
         files.write_json(target / f"{run_id}.json", sidecar)
         published.append(run_id)
     return published, already
