@@ -90,3 +90,19 @@ def test_a_float64_run_agrees_with_float32_over_the_first_epochs(tmp_path):
     for name in ("batch_loss", "train_loss", "test_loss", "update_sq_norm", "cos_mr"):
         np.testing.assert_allclose(single[name], double[name], rtol=2e-4, err_msg=name)
     assert not np.array_equal(single["test_loss"], double["test_loss"])  # float64 did compute
+
+
+@pytest.mark.parametrize(("precision", "matmul"), [("float64", "highest"), ("float32", "default")])
+def test_the_gpu_compile_sees_the_runs_numerics(precision, matmul, monkeypatch):
+    """`--dry-run --target` (aot.compile_for) compiles the program users run: its matmul
+    precision and, for float64, x64 (compiled here for the CPU in place of the described GPU)."""
+    import dataclasses
+
+    from bptt_cli.runner import aot
+
+    monkeypatch.setattr(aot, "target_devices", lambda name: tuple(jax.devices("cpu")[:1]))
+    program, _ = program_of("cartpole", precision, flow="R", levels=[1])
+    profile = dataclasses.replace(devices.profile("gpu"), matmul_precision=matmul)
+    hlo = aot.compile_for(program, "h100", profile).hlo
+    assert ("f64[" in hlo) == (precision == "float64")
+    assert ("operand_precision={highest,highest}" in hlo) == (matmul == "highest")
