@@ -20,7 +20,7 @@ they need on first use.
 
 from bptt_cli.core.task import ProblemDef, Task
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["ProblemDef", "ProblemError", "Task", "check", "combine", "nn", "value_and_grad"]
 
 
