@@ -48,6 +48,21 @@ def new_flow():
     del flow_names.FLOWS[NAME]
 
 
+def test_a_flow_is_refused_where_it_would_be_ambiguous():
+    for bad in (
+        flow_names.FlowDef("R", cuts=flow_names.Cuts()),  # taken
+        flow_names.FlowDef("T7", cuts=flow_names.Cuts()),  # a truncation's name
+        flow_names.FlowDef("c2", cuts=flow_names.Cuts()),  # not upper case
+        flow_names.FlowDef("CC", combines=("C", "R")),  # C is itself combined
+        flow_names.FlowDef("CX", combines=("X", "R")),  # X is no flow
+    ):
+        with pytest.raises(ValueError):
+            flow_names.register(bad)
+    with pytest.raises(ValueError, match="either its cuts or"):
+        flow_names.FlowDef("RM", cuts=flow_names.Cuts(), combines=("M", "R"))
+    assert list(flow_names.FLOWS) == ["R", "M", "C", "S"]
+
+
 def cartpole_batch():
     task = problems.get("cartpole").make_task(2, {"loss": "FINAL"})
     key = jax.random.key(0)

@@ -103,7 +103,7 @@ def register(flow: FlowDef) -> FlowDef:
     """Add ``flow`` to :data:`FLOWS` (after the flows there: its place in figures and plans).
 
     Raises ValueError for a name that is taken, not upper case, or a ``T<k>``, and for a
-    combined flow whose parts are not registered single flows.
+    combined flow whose parts are not single flows (registered, or ``T<k>``).
     """
     if not _NAME.fullmatch(flow.name) or _TRUNCATED.fullmatch(flow.name) or flow.name in FLOWS:
         raise ValueError(f"cannot register flow {flow.name!r}: the name is taken or not an upper-case word")
