@@ -98,7 +98,7 @@ def section_rows(profile, gpu: bool, only, max_rows: int) -> list[dict]:
                     entries.append(
                         {
                             "problem": name,
-                            "gradients": 1 if flows[0] == "R" else 2,
+                            "gradients": program.passes,
                             "rows": program.rows,
                             "epoch_seconds": epoch_s,
                             "compile_seconds": compile_s,

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bptt_cli import results
-from bptt_cli.core.flow_names import flow_rank
+from bptt_cli.core.flow_names import FLOWS, flow_rank
 from bptt_cli.core.optim import clip_rank
 
 KEYS = ["experiment", "problem", "level_key", "level", "flow", "clip", "optimizer", "precision"]
@@ -132,8 +132,8 @@ ALPHA = 0.05
 
 
 def paired(frame: pd.DataFrame) -> pd.DataFrame:
-    """Flows compared seed by seed on their final test loss: every flow against R, and C
-    against M, per level, clip, optimizer and precision. Every flow of a configuration starts
+    """Flows compared seed by seed on their final test loss: every flow against R, and a
+    combined flow against the flow whose entries it keeps (C against M), per level, clip, optimizer and precision. Every flow of a configuration starts
     from the same data and the same initial weights per seed, so seed s of one flow is paired
     with seed s of the other.
 
@@ -154,7 +154,9 @@ def paired(frame: pd.DataFrame) -> pd.DataFrame:
     for key, table in finals.groupby(level=list(range(len(PAIR_GROUP))), sort=True):
         flows = sorted(table.columns[table.notna().any()], key=flow_rank)
         pairs = [(flow, "R") for flow in flows if flow != "R" and "R" in flows]
-        pairs += [("C", "M")] if {"C", "M"} <= set(flows) else []
+        # A combined flow also against the flow whose entries it keeps (C: M).
+        kept = {f: FLOWS[f].combines[0] for f in flows if f in FLOWS and FLOWS[f].combines}
+        pairs += [(f, a) for f, a in kept.items() if a in flows and a != "R"]
         for flow, against in pairs:
             both = table[[flow, against]].dropna()
             a, b = both[flow].to_numpy(float), both[against].to_numpy(float)

@@ -50,7 +50,7 @@ def run(
     flow: Annotated[
         list[str] | None,
         typer.Option(
-            "--flow", "-f", metavar="FLOW", help="Gradient flow R, M, S, C or T<k>; repeat for several."
+            "--flow", "-f", metavar="FLOW", help="Gradient flow: R, M, S, C, T<k> or one registered in Python; repeat for several."
         ),
     ] = None,
     clip: Annotated[
