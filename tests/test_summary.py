@@ -190,3 +190,8 @@ def test_runs_of_one_configuration_in_blocks_of_seeds_are_drawn_as_one():
         blocks.append(frame)
     kept = curves.latest_runs(pd.concat(blocks))
     assert sorted(kept["run_id"].unique()) == ["a", "b"] and sorted(kept["seed"].unique()) == [0, 1, 2, 3]
+
+
+def test_a_diverged_seed_smooths_to_inf_where_its_window_holds_the_divergence():
+    out = curves.smooth(np.array([1.0, 2.0, np.inf, np.inf]), window=2)
+    np.testing.assert_array_equal(out, [1.0, 1.5, np.inf, np.inf])

@@ -105,13 +105,17 @@ def hardest_level(problem: str, levels) -> str:
 
 def smooth(values: np.ndarray, window: int = SMOOTHING) -> np.ndarray:
     """Trailing moving average, front-padded with the first value: ``out[t]`` is the mean of
-    ``values[t - window + 1 ... t]`` where indices below 0 read ``values[0]``."""
+    ``values[t - window + 1 ... t]`` where indices below 0 read ``values[0]``; a window holding
+    ``inf`` (a diverged seed, as the summary counts it) averages to ``inf``."""
     values = np.asarray(values, dtype=float)
     if values.size == 0:
         return values
     padded = np.concatenate([np.full(window - 1, values[0]), values])
-    sums = np.cumsum(np.concatenate([[0.0], padded]))
-    return (sums[window:] - sums[:-window]) / window
+    dead = np.isposinf(padded)
+    sums = np.cumsum(np.concatenate([[0.0], np.where(dead, 0.0, padded)]))
+    deaths = np.cumsum(np.concatenate([[0], dead]))
+    mean = (sums[window:] - sums[:-window]) / window
+    return np.where(deaths[window:] > deaths[:-window], np.inf, mean)
 
 
 CONFIGURATION = ["experiment", "level", "flow", "clip", "optimizer", "precision"]

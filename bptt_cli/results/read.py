@@ -308,9 +308,13 @@ def warn_once(message: str) -> None:
         warn(message)
 
 
+# Tables bptt-plot writes beside the runs: not runs.
+PLOT_TABLES = ("summary.csv", "paired.csv", "against.csv")
+
+
 def _is_run_csv(path: Path, root: Path) -> bool:
     parts = path.relative_to(root).parts
-    return FIGURES_DIR not in parts and not path.name.startswith((".", "summary"))
+    return FIGURES_DIR not in parts and not path.name.startswith(".") and path.name not in PLOT_TABLES
 
 
 def _count(n: int, noun: str) -> str:
