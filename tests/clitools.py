@@ -1,4 +1,5 @@
-"""Running the installed command-line tools in subprocesses, as a user would, on a tiny grid."""
+"""Running the command-line tools as a user would, on a tiny grid: in subprocesses (``cli``,
+``start``), or in this process (``here``) where an answer needs no process of its own."""
 
 import contextlib
 import json
@@ -40,6 +41,35 @@ def cli(tool: str, *args, cache: Path, cwd: Path, timeout=300, **env) -> subproc
         text=True,
         timeout=timeout,
     )
+
+
+def here(tool: str, *args, capsys, cwd: Path, **env) -> subprocess.CompletedProcess:
+    """``tool *args`` in this process, as its console script runs it: the exit code, stdout and
+    stderr (captured by pytest's ``capsys``) of ``bptt_cli.cli.run_main`` or ``plot_main``.
+    For input errors, listings and dry runs: no interpreter to start, and jax is imported
+    already. The environment (which the command sets for jax), ``sys.argv`` and the working
+    directory are restored afterwards. Signals, worker processes and what jax reads when it is
+    imported need a real process: ``cli``."""
+    from unittest import mock
+
+    from bptt_cli import cli as entry_points
+
+    main = {"bptt-run": entry_points.run_main, "bptt-plot": entry_points.plot_main}[tool]
+    argv, before = sys.argv, os.getcwd()
+    capsys.readouterr()
+    with mock.patch.dict(os.environ, {"COLUMNS": "200", **env}):
+        sys.argv = [tool, *map(str, args)]
+        os.chdir(cwd)
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+        finally:
+            sys.argv = argv
+            os.chdir(before)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([tool, *map(str, args)], code, out, err)
 
 
 def start(tool: str, *args, cache: Path, cwd: Path, **env) -> subprocess.Popen:

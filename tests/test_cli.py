@@ -1,12 +1,14 @@
 """The command line end to end: bad input, help and listing, a smoke run with its figures and
-summary (resume after interruption is in test_resume.py)."""
+summary (resume after interruption is in test_resume.py). Answers that need no process of their
+own (input errors, listings, dry runs) are checked in this process (``here``); a fresh
+interpreter checks what happens before jax is imported, and the smoke run is a real process."""
 
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
-from clitools import TINY, cli, definition, env_for, metrics
+from clitools import TINY, cli, definition, env_for, here, metrics
 
 # --- bad input --------------------------------------------------------------------------
 
@@ -47,8 +49,8 @@ BAD = [
 
 
 @pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_input_is_one_line_exit_2_nothing_written(args, message, tmp_path, jax_cache):
-    result = cli("bptt-run", *args, "--out", tmp_path / "out", cache=jax_cache, cwd=tmp_path)
+def test_bad_input_is_one_line_exit_2_nothing_written(args, message, tmp_path, capsys):
+    result = here("bptt-run", *args, "--out", tmp_path / "out", capsys=capsys, cwd=tmp_path)
     assert_refused(result, message, tmp_path)
 
 
@@ -65,6 +67,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(args, message, tmp_path, j
     ],
 )
 def test_bad_device_count_in_the_environment(variable, value, message, tmp_path, jax_cache):
+    """In a real process: jax reads these when it is imported, so they must be refused before."""
     extra = {variable: value}
     result = cli("bptt-run", "cartpole", "--out", tmp_path / "out", cache=jax_cache, cwd=tmp_path, **extra)
     assert_refused(result, message, tmp_path)
@@ -115,22 +118,22 @@ def assert_refused(result, message, tmp_path) -> None:
         ),
     ],
 )
-def test_bad_definition_file(text, message, tmp_path, jax_cache):
+def test_bad_definition_file(text, message, tmp_path, capsys):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    result = cli("bptt-run", path, "--out", tmp_path / "out", cache=jax_cache, cwd=tmp_path)
+    result = here("bptt-run", path, "--out", tmp_path / "out", capsys=capsys, cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_unwritable_output_folder(tmp_path, jax_cache):
+def test_unwritable_output_folder(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = cli("bptt-run", definition(tmp_path), "--out", blocker / "out", cache=jax_cache, cwd=tmp_path)
+    result = here("bptt-run", definition(tmp_path), "--out", blocker / "out", capsys=capsys, cwd=tmp_path)
     assert result.returncode == 2 and "is not writable" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    plot = cli("bptt-plot", tmp_path / "missing", cache=jax_cache, cwd=tmp_path)
+    plot = here("bptt-plot", tmp_path / "missing", capsys=capsys, cwd=tmp_path)
     assert plot.returncode == 2 and "does not exist" in plot.stderr
 
 
@@ -228,12 +231,12 @@ def test_smoke_run_resume_skip_and_plot(tmp_path, jax_cache):
     assert "| tiny |" in plot.stdout  # the Markdown table is printed
 
 
-def test_list_shows_scales_and_seed_option_sets_the_first_seed(tmp_path, jax_cache):
-    listed = cli("bptt-run", "--list", cache=jax_cache, cwd=tmp_path)
+def test_list_shows_scales_and_seed_option_sets_the_first_seed(tmp_path, capsys):
+    listed = here("bptt-run", "--list", capsys=capsys, cwd=tmp_path)
     assert "[scales: paper, quick, smoke]" in listed.stdout, listed.stdout
     for name in ("lqr", "pendulum"):
         assert name in listed.stdout
-    plan = cli(
+    plan = here(
         "bptt-run",
         definition(tmp_path),
         "--seed",
@@ -241,20 +244,29 @@ def test_list_shows_scales_and_seed_option_sets_the_first_seed(tmp_path, jax_cac
         "--seeds",
         "2",
         "--dry-run",
-        cache=jax_cache,
+        capsys=capsys,
         cwd=tmp_path,
     )
     assert plan.returncode == 0 and "seeds 7..8" in plan.stderr, plan.stderr
     assert "2 program(s)" in plan.stdout and "rows" in plan.stdout
 
 
-def test_problem_option_from_the_command_line(tmp_path, jax_cache):
+def test_problem_option_from_the_command_line(tmp_path, capsys):
     """``--option init_scale=0.1`` gives LQR's seeds gains of their own (docs/model.md §12's K = 0 makes
     them identical); the option is part of the runs' identity, so both grids share a folder."""
     args = ("lqr", "--scale", "smoke", "--level", "1.3", "--flow", "R", "--clip", "NORM", "--epochs", "1")
-    common = {"cache": jax_cache, "cwd": tmp_path}
     for extra in ((), ("--option", "init_scale=0.1")):
-        done = cli("bptt-run", *args, *extra, "--out", tmp_path / "res", "--workers", "1", **common)
+        done = here(
+            "bptt-run",
+            *args,
+            *extra,
+            "--out",
+            tmp_path / "res",
+            "--workers",
+            "1",
+            capsys=capsys,
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr
         assert f"controller linear, init_scale {0.1 if extra else 0.0}, 1 epochs" in done.stderr, done.stderr
     frame = pd.concat(pd.read_csv(path) for path in sorted((tmp_path / "res" / "lqr").glob("*[0-9a-f].csv")))
