@@ -31,11 +31,23 @@ enabled = false
 """
 
 
-@pytest.fixture
-def specs(tmp_path):
-    path = tmp_path / "g.toml"
+def load_specs(folder: Path):
+    path = folder / "g.toml"
     path.write_text(TINY)
     return config.resolve(config.load(str(path)))
+
+
+@pytest.fixture
+def specs(tmp_path):
+    return load_specs(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The grid's metrics trained without interruption, once for the tests that cut it short."""
+    folder = tmp_path_factory.mktemp("reference")
+    runner.run(load_specs(folder), folder)
+    return frame(folder / "g")
 
 
 def frame(folder: Path) -> pd.DataFrame:
@@ -54,18 +66,19 @@ def test_numeric_levels_and_clips_share_one_program(specs, tmp_path, monkeypatch
     assert len(table) == 4 * 2 * 4
 
 
-def test_death_between_csv_and_checkpoint_loses_nothing(specs, tmp_path, monkeypatch):
-    runner.run(specs, tmp_path / "ref")
-
+def test_death_between_csv_and_checkpoint_loses_nothing(specs, reference, tmp_path, monkeypatch):
     monkeypatch.setenv("BPTT_CHUNK_EPOCHS", "1")
     real_save = results.files.save_checkpoint
-    calls = {"n": 0}
+    saved_epoch_2 = []
 
-    def dying_save(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:  # second chunk, second run: its CSV already holds epoch 2
+    def dying_save(path, leaves, epochs_done, run_id=None):
+        # Killed in the second chunk at a run's checkpoint, its CSV already holding epoch 2,
+        # after another run has saved epoch 2 and before the rest have: runs in every state.
+        if epochs_done == 2 and saved_epoch_2:
             raise SystemExit("killed")
-        real_save(*args, **kwargs)
+        if epochs_done == 2:
+            saved_epoch_2.append(run_id)
+        real_save(path, leaves, epochs_done, run_id)
 
     monkeypatch.setattr(results.files, "save_checkpoint", dying_save)
     with pytest.raises(SystemExit):
@@ -73,11 +86,14 @@ def test_death_between_csv_and_checkpoint_loses_nothing(specs, tmp_path, monkeyp
     monkeypatch.setattr(results.files, "save_checkpoint", real_save)
 
     folder = tmp_path / "out" / "g"
-    ahead = [p for p in folder.glob("*.csv") if pd.read_csv(p)["epoch"].max() == 2]
-    assert ahead, "some CSV is ahead of its checkpoint"
+    states = set()  # (last epoch in the CSV, epoch of the checkpoint) per run
+    for spec in specs:
+        files = results.RunFiles.of(folder, spec.run_id)
+        states.add((pd.read_csv(files.csv)["epoch"].max(), results.load_checkpoint(files.checkpoint)[1]))
+    assert states == {(2, 2), (2, 1), (1, 1)}, states  # one run's CSV is ahead of its checkpoint
     report = runner.run(specs, tmp_path / "out")
     assert len(report.resumed) == 4 and not report.found_complete
-    pd.testing.assert_frame_equal(frame(folder), frame(tmp_path / "ref" / "g"))
+    pd.testing.assert_frame_equal(frame(folder), reference)
 
     # Everything is complete now: a third call trains nothing and touches nothing.
     stamps = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
@@ -87,21 +103,24 @@ def test_death_between_csv_and_checkpoint_loses_nothing(specs, tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("dies_at", ["part-way", "at the end"])
-def test_death_between_checkpoint_and_sidecar(dies_at, specs, tmp_path, monkeypatch):
+def test_death_between_checkpoint_and_sidecar(dies_at, specs, reference, tmp_path, monkeypatch):
     """The sidecar never states an epoch the checkpoint lacks; one left behind by a kill is
     brought level (resumed part-way, or found complete), and the histories still tile."""
     import json
 
-    runner.run(specs, tmp_path / "ref")
     monkeypatch.setenv("BPTT_CHUNK_EPOCHS", "1")
     real_write = results.files.write_json
-    calls = {"n": 0}
-    dying_call = 4 + 6 if dies_at == "part-way" else 4 + 4 * 4  # 4 at the start, then per chunk
+    finished = set()  # runs whose sidecar states the last epoch
 
     def dying_write(path, obj):
-        calls["n"] += 1
-        if calls["n"] == dying_call:
+        # Killed writing a sidecar just after its run's checkpoint: the first one of epoch 2
+        # (part-way), or the grid's last one (at the end, every checkpoint complete).
+        epoch = obj.get("epochs_done") if path.name.endswith(".json") else None
+        last = epoch == 4 and len(finished) == len(specs) - 1
+        if epoch == 2 if dies_at == "part-way" else last:
             raise SystemExit("killed")
+        if epoch == 4:
+            finished.add(obj["run_id"])
         real_write(path, obj)
 
     monkeypatch.setattr(results.files, "write_json", dying_write)
@@ -120,7 +139,7 @@ def test_death_between_checkpoint_and_sidecar(dies_at, specs, tmp_path, monkeypa
     assert behind == 1
     report = runner.run(specs, tmp_path / "out")
     assert len(report.found_complete) == (4 if dies_at == "at the end" else 0)
-    pd.testing.assert_frame_equal(frame(folder), frame(tmp_path / "ref" / "g"))
+    pd.testing.assert_frame_equal(frame(folder), reference)
     for meta in map(json.loads, (p.read_text() for p in folder.glob("*.json"))):
         assert meta["status"] == "complete" and meta["epochs_done"] == 4
         spans = [(h["from_epoch"], h["to_epoch"]) for h in meta["history"]]
