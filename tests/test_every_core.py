@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 
 import pandas as pd
 import pytest
@@ -131,8 +132,28 @@ def test_bad_cpu_device_count(env, requested):
         devices.cpu_devices(env, cores=2, requested=requested)
 
 
-def test_usable_cores_follow_the_affinity():
-    assert devices.usable_cores() == len(os.sched_getaffinity(0))
+def test_usable_cores_follow_the_affinity(monkeypatch):
+    """A process pinned to some cores (taskset, a cgroup cpuset, SLURM's --cpus-per-task) counts
+    those, not the machine's; where affinity is unknown, the machine's cores."""
+
+    def usable_when_pinned_to(cores: set[int]) -> int:
+        answer = []  # in a thread of its own: pinning it leaves this process's affinity alone
+
+        def pinned():
+            os.sched_setaffinity(0, cores)
+            answer.append(devices.usable_cores())
+
+        thread = threading.Thread(target=pinned)
+        thread.start()
+        thread.join()
+        return answer[0]
+
+    available = sorted(os.sched_getaffinity(0))
+    for n in range(1, min(len(available), 3) + 1):
+        assert usable_when_pinned_to(set(available[-n:])) == n
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    assert devices.usable_cores() == 7
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,12 @@ def test_shares_cover_the_grid_once_and_equal_the_whole(specs, narrow, tmp_path)
 
 def test_plan_groups_by_device_layout(specs):
     work = [(s, 0) for s in specs]
-    assert len(plan.plan(work, NARROW, problems.get)) == 4
+    # The CPU layout: a program per (level, flow), its clips and seeds as rows; every run once.
+    narrow = plan.plan(work, NARROW, problems.get)
+    assert sorted(s.run_id for p in narrow for s in p.runs) == sorted(s.run_id for s in specs)
+    assert [{(s.level, s.flow) for s in p.runs} for p in narrow] == [{(p.level, p.flow)} for p in narrow]
+    assert len({(p.level, p.flow) for p in narrow}) == len(narrow)
+    # The GPU layout: flows as per-row gates and levels padded, all in one program.
     (program,) = plan.plan(work, WIDE, problems.get)
     assert program.levels_padded and program.level == 2 and program.flow is None and program.pair
     assert program.flows == ["C", "T3"] and program.rows == 16
