@@ -245,7 +245,7 @@ def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    n_seeds = rows.groupby("run_id")["seed"].nunique().max()
+    n_seeds = rows.groupby(["level", "flow", "clip"])["seed"].nunique().max()  # blocks of seeds: one curve
     note = f"median over {n_seeds} seeds, band = interquartile range; " if n_seeds > 1 else "one seed; "
     fig.suptitle(f"{layout['title']} ({experiment})\n{note}moving average of {SMOOTHING} epochs", fontsize=11)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
