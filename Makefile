@@ -28,7 +28,7 @@ GPU_VENV := .venv-gpu
 GPU_TARGETS := h100 a100
 GPU_GRIDS := $(PAPER) $(BEYOND) examples/heat/heat.toml
 
-.PHONY: install test test-all test-lowest test-newest slurm-test gpu-compile reproduce paper-norm beyond census figures quick smoke bench lint format clean
+.PHONY: install test test-slow test-all test-lowest test-newest slurm-test gpu-compile reproduce paper-norm beyond census figures quick smoke bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +39,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## the package and its test tools into .venv (CUDA jax with an NVIDIA driver)
 
-test: install  ## the fast suite (what CI runs), on two processes
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+# The suite on two processes, a test file to each. Tests marked `slow` (end-to-end runs of several
+# commands, the previous release's metrics) are left out of `make test` and run by `make test-slow`,
+# a step of .ci/run of its own; `make test-all` runs both at once.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-test-all: install  ## including the tests marked slow
-	$(BIN)/python -m pytest -q -m ""
+test: install  ## the fast suite, without the tests marked slow (about 5 min on 2 cores)
+	$(PYTEST) -m "not slow"
+
+test-slow: install  ## only the tests marked slow (a step of .ci/run)
+	$(PYTEST) -m slow
+
+test-all: install  ## the whole suite: the fast one and the tests marked slow
+	$(PYTEST)
 
 # The lowest versions pyproject.toml allows, pinned by .ci/lowest.py from its `>=` bounds (CPU jax,
 # own venv): raising a bound there is the only edit. A fast subset that touches every dependency.
@@ -71,7 +79,10 @@ test-lowest: $(LOWEST)/.installed  ## a fast subset against the lowest supported
 	$(LOWEST)/bin/python -m pytest -q $(LOWEST_TESTS)
 
 # The newest versions the registry serves, on the newest Python this machine has: what a
-# newcomer installing today gets.
+# newcomer installing today gets. The lowest versions' subset plus the command line end to end
+# (a real run, bptt-plot, published data) and the docs' options against --help: not the whole
+# suite a second time.
+NEWEST_TESTS := $(filter-out tests/test_cli.py::%,$(LOWEST_TESTS)) tests/test_cli.py tests/test_published.py tests/test_docs.py
 $(NEWEST)/.installed: pyproject.toml
 	rm -rf $(NEWEST)
 	$(NEWEST_PYTHON) -m venv $(NEWEST)
@@ -79,11 +90,11 @@ $(NEWEST)/.installed: pyproject.toml
 	$(NEWEST)/bin/python -m pip install --quiet --upgrade -e ".[dev]"
 	touch $@
 
-test-newest:  ## the fast suite against the newest versions, on the newest Python here (.venv-newest)
+test-newest:  ## a subset against the newest versions, on the newest Python here (.venv-newest)
 	@if [ -z "$(NEWEST_PYTHON)" ]; then echo "test-newest: skipped: no Python 3.11 or later found"; \
 	else $(MAKE) --no-print-directory $(NEWEST)/.installed && \
 	  $(NEWEST)/bin/python -c "import sys, jax, jaxlib; print('test-newest: Python', sys.version.split()[0], 'jax', jax.__version__, 'jaxlib', jaxlib.__version__)" && \
-	  $(NEWEST)/bin/python -m pytest -q -n 2 --dist loadfile; fi
+	  $(NEWEST)/bin/python -m pytest -q -n 2 --dist loadfile $(NEWEST_TESTS); fi
 
 # A throwaway one-node SLURM cluster (Debian's slurm-wlm and munge, installed if missing; needs
 # root) runs examples/slurm/reproduce.sbatch as a 2-task array on a smoke grid, then plot.sbatch.
@@ -143,7 +154,7 @@ census: install  ## the quantum census at n = 4 (12 seeds, 300 epochs), resuming
 # Every README figure drawn from published data alone (no training).
 figures: install  ## the README's figures from the published data in docs/data/ (no training)
 	$(BIN)/bptt-plot $(CENSUS_OUT) --out results/figures-census
-	cp results/figures-census/quantum.png docs/quantum_census.png
+	for f in quantum; do cp results/figures-census/$$f.png docs/$${f}_census.png; done
 
 quick: install  ## every experiment at the reduced `quick` scale (22 min on 2 CPU cores from a fresh clone, measured)
 	$(BIN)/bptt-run toy --out $(OUT)
