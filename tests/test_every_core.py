@@ -9,7 +9,7 @@ import threading
 
 import pandas as pd
 import pytest
-from clitools import BIN, cli, definition, env_for, metrics
+from clitools import BIN, cli, definition, env_for, here, metrics
 
 from bptt_cli import results
 from bptt_cli.core import devices
@@ -170,6 +170,7 @@ def test_core_groups_are_disjoint_and_cover(cores, n, groups):
     assert core_groups(cores, n) == groups
 
 
+@pytest.mark.slow  # four commands with diagnostics; the fast suite compares 1 and 3 devices above
 def test_same_results_on_1_2_and_3_devices_and_with_workers(tmp_path, jax_cache):
     """One process on 1, 2 or 3 jax CPU devices (rows sharded, 3 seeds x 2 clips padded to a
     multiple of the device count), and the default: a worker process per core, each training
@@ -206,22 +207,22 @@ def test_same_results_on_1_2_and_3_devices_and_with_workers(tmp_path, jax_cache)
 
 
 @pytest.mark.parametrize("variable", ["TMPDIR", "SLURM_TMPDIR"])
-def test_a_slurm_array_needs_a_folder_every_task_reaches(variable, tmp_path, jax_cache):
+def test_a_slurm_array_needs_a_folder_every_task_reaches(variable, tmp_path, capsys):
     private = tmp_path / "private"
     private.mkdir()
     extra = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", variable: str(private)}
     out = private / "results"
-    result = cli("bptt-run", "cartpole", "--out", out, cache=jax_cache, cwd=tmp_path, **extra)
+    result = here("bptt-run", "cartpole", "--out", out, capsys=capsys, cwd=tmp_path, **extra)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "is in this array task's own temporary space" in result.stderr
     assert not out.exists()
-    shared = cli(
+    shared = here(
         "bptt-run",
         "cartpole",
         "--out",
         tmp_path / "shared",
         "--dry-run",
-        cache=jax_cache,
+        capsys=capsys,
         cwd=tmp_path,
         **extra,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from clitools import cli, freeze_when, kill_all, progress, start
+from clitools import cli, freeze_when, here, kill_all, progress, start
 
 from bptt_cli import cli as bptt_cli_module
 from bptt_cli import config, results
@@ -112,15 +112,15 @@ def test_a_killed_workers_run_is_taken_over(tmp_path, jax_cache):
 
 
 @pytest.mark.parametrize("value", ["0/2", "3/2", "a/b", "2"])
-def test_bad_shard(value, tmp_path, jax_cache):
-    result = cli(
+def test_bad_shard(value, tmp_path, capsys):
+    result = here(
         "bptt-run",
         grid(tmp_path, 2),
         "--shard",
         value,
         "--out",
         tmp_path / "out",
-        cache=jax_cache,
+        capsys=capsys,
         cwd=tmp_path,
     )
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
@@ -129,7 +129,7 @@ def test_bad_shard(value, tmp_path, jax_cache):
 
 
 @pytest.mark.parametrize("kind", ["foreign", "unreadable"])
-def test_foreign_or_unreadable_lock_file(kind, tmp_path, jax_cache):
+def test_foreign_or_unreadable_lock_file(kind, tmp_path, capsys):
     path = grid(tmp_path, 2)
     run_id = config.resolve(config.load(str(path)))[3].run_id
     folder = tmp_path / "out" / "w"
@@ -139,7 +139,7 @@ def test_foreign_or_unreadable_lock_file(kind, tmp_path, jax_cache):
         lock.write_text("held by my own scheduler\n")
     else:
         lock.mkdir()  # a folder in its place: cannot be read as a file, even by root
-    result = cli("bptt-run", path, "--out", tmp_path / "out", cache=jax_cache, cwd=tmp_path)
+    result = here("bptt-run", path, "--out", tmp_path / "out", capsys=capsys, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     message = "was not written by bptt-cli" if kind == "foreign" else "is not readable"
     assert f"lock file {str(lock)!r} {message}" in result.stderr
