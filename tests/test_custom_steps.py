@@ -70,6 +70,7 @@ def test_adjoint_equals_differentiating_the_unrolled_solver_and_finite_differenc
         jax.jacfwd(pendulum.adjoint_step)(x, u, damping)
 
 
+@pytest.mark.slow  # every flow's and the diagnostics' compiles; the adjoint itself is checked above
 def test_custom_vjp_step_trains_every_flow_with_diagnostics_and_plots(tmp_path, jax_cache):
     out = tmp_path / "out"
     done = cli("bptt-run", definition(tmp_path, "adjoint"), "--out", out, cache=jax_cache, cwd=tmp_path)

@@ -385,6 +385,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow  # two workers filling a real disk; a full disk at every write is checked in process above
 def test_a_full_disk_is_one_line_and_the_rerun_completes(small_disk, tmp_path, jax_cache):
     """Two workers on two flows; the disk fills up while a run trains (filled by the test while
     the workers are stopped): exit 2 and one line naming the folder, everything committed still

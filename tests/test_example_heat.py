@@ -144,6 +144,7 @@ def metrics(folder: Path) -> pd.DataFrame:
     return pd.concat(pd.read_csv(p) for p in csvs).sort_values(["run_id", "seed", "epoch"])
 
 
+@pytest.mark.slow  # 8 runs and the figures; the fast suite trains the example by module path below
 def test_smoke_scale_trains_and_plots(tmp_path, jax_cache):
     out = tmp_path / "results"
     # Diagnostics off: they cost a compile per flow and the suite's time (the example keeps them).

@@ -22,6 +22,10 @@ import previous_release  # noqa: E402
 # suite ran beside another, against 4e-9 alone; a real change moves these by far more.
 RTOL = {"cartpole": 2e-5, "guidance": 2e-5, "quantum": 5e-4}
 
+# Slow (1-2 min a problem on 2 cores): 20 runs compiled with XLA's full optimizations. Run by
+# `make test-slow` (a step of .ci/run) and `make test-all`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("problem", list(previous_release.GRID))
 def test_metrics_equal_the_previous_release(problem, tmp_path):

@@ -12,7 +12,10 @@ from clitools import BIN, cli, definition, env_for, freeze_when, kill_all, metri
 from bptt_cli import results
 
 
-@pytest.mark.parametrize("how", ["interrupt", "kill"])
+# SIGKILL is slow (three commands, two devices, diagnostics); a killed run's files are checked
+# at every write in process (test_damage.py) and a killed worker's runs taken over in the fast
+# suite (test_workers.py).
+@pytest.mark.parametrize("how", ["interrupt", pytest.param("kill", marks=pytest.mark.slow)])
 def test_interrupted_run_resumes_to_identical_results(how, tmp_path, jax_cache):
     """Ctrl-C to the default command (a worker process per core, each training its programs);
     SIGKILL on one process with two devices, where 3 seeds of one clip are padded to 4 rows
@@ -82,6 +85,7 @@ def test_interrupted_run_resumes_to_identical_results(how, tmp_path, jax_cache):
         pd.testing.assert_frame_equal(resumed_diag, reference_diag)
 
 
+@pytest.mark.slow  # the fast suite shards over 3 devices (test_every_core.py)
 def test_sharded_equals_unsharded(tmp_path, jax_cache):
     path = definition(
         tmp_path, epochs=2, seeds=3, diagnostics=False
