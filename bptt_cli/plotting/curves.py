@@ -245,8 +245,9 @@ def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    n_seeds = rows.groupby(["level", "flow", "clip"])["seed"].nunique().max()  # blocks of seeds: one curve
-    note = f"median over {n_seeds} seeds, band = interquartile range; " if n_seeds > 1 else "one seed; "
+    counts = rows.groupby(["level", "flow", "clip"])["seed"].nunique()  # blocks of seeds: one curve
+    seeds = str(counts.max()) if counts.min() == counts.max() else f"{counts.min()}–{counts.max()}"
+    note = f"median over {seeds} seeds, band = interquartile range; " if counts.max() > 1 else "one seed; "
     fig.suptitle(f"{layout['title']} ({experiment})\n{note}moving average of {SMOOTHING} epochs", fontsize=11)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
     fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1 - 0.6 / fig.get_figheight()))
