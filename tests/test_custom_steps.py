@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from clitools import cli
+from clitools import cli, here
 from jax.test_util import check_grads
 
 from bptt_cli import problems, results
@@ -92,9 +92,9 @@ def test_custom_vjp_step_trains_every_flow_with_diagnostics_and_plots(tmp_path, 
     assert {"adjoint.png", "adjoint_diagnostics.png"} <= names, names
 
 
-def test_step_jax_cannot_differentiate_is_one_line_and_exit_2(tmp_path, jax_cache):
+def test_step_jax_cannot_differentiate_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "out"
-    done = cli("bptt-run", definition(tmp_path, "while"), "--out", out, cache=jax_cache, cwd=tmp_path)
+    done = here("bptt-run", definition(tmp_path, "while"), "--out", out, capsys=capsys, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("bptt-run: error:"), done.stderr
     assert (
