@@ -152,17 +152,20 @@ def test_padded_cartpole_equals_unpadded_step_by_step():
         {"w": jnp.pad(theta[0]["w"], ((0, 2 * (4 - n_poles)), (0, 0))), "b": theta[0]["b"]},
         *theta[1:],
     ]
-    xs, us = flows.rollout("R", plain.controller, plain.step, theta, x_plain, plain.n_steps)
-    xs_pad, us_pad = flows.rollout("R", padded.controller, padded.step, theta_pad, x_pad, padded.n_steps)
+    # Compiled (as training runs them), not op by op: a couple of compiles instead of 200.
+    rollout = jax.jit(flows.rollout, static_argnums=(0, 1, 2, 5))
+    xs, us = rollout("R", plain.controller, plain.step, theta, x_plain, plain.n_steps)
+    xs_pad, us_pad = rollout("R", padded.controller, padded.step, theta_pad, x_pad, padded.n_steps)
     np.testing.assert_allclose(xs_pad[:, :, : 1 + n_poles], xs, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(xs_pad[:, :, 1 + n_poles :], 0.0)
     np.testing.assert_allclose(padded.loss(xs_pad, us_pad)[0], plain.loss(xs, us)[0], rtol=1e-5)
     # The gradients of padded weights are exactly zero, so every optimizer leaves them at 0.
-    update = flows.flow_gradients(
+    gradients = jax.jit(flows.flow_gradients, static_argnums=(0, 1, 2, 3, 6))
+    update = gradients(
         "C", padded.controller, padded.step, padded.loss, theta_pad, x_pad, 20, n_params=padded.n_params
     )
     assert not np.any(np.asarray(update.update[0]["w"][2 * (1 + n_poles) :]))
-    reference = flows.flow_gradients("C", plain.controller, plain.step, plain.loss, theta, x_plain, 20)
+    reference = gradients("C", plain.controller, plain.step, plain.loss, theta, x_plain, 20)
     np.testing.assert_allclose(update.kept, reference.kept, rtol=1e-6)
 
 
