@@ -183,7 +183,9 @@ def test_list_and_help_do_not_need_jax(tmp_path, jax_cache):
 # --- a real run -------------------------------------------------------------------------
 
 
-def test_smoke_run_resume_skip_and_plot(tmp_path, jax_cache):
+def test_smoke_run_resume_skip_and_plot(tmp_path, jax_cache, capsys):
+    """The default command in a real process (a worker per core); the rerun and bptt-plot in
+    this one."""
     path = definition(tmp_path, epochs=3, seeds=2)
     result = cli("bptt-run", path, "--out", tmp_path / "res", cache=jax_cache, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -209,7 +211,7 @@ def test_smoke_run_resume_skip_and_plot(tmp_path, jax_cache):
 
     # A second run skips everything and leaves the files alone.
     stamps = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
-    again = cli("bptt-run", path, "--out", tmp_path / "res", cache=jax_cache, cwd=tmp_path)
+    again = here("bptt-run", path, "--out", tmp_path / "res", capsys=capsys, cwd=tmp_path)
     assert again.returncode == 0 and "0 run(s) trained, 4 found complete" in again.stderr
     assert stamps == {p: p.stat().st_mtime_ns for p in folder.iterdir()}
 
@@ -217,7 +219,7 @@ def test_smoke_run_resume_skip_and_plot(tmp_path, jax_cache):
     # warning line, and the rest is plotted.
     (tmp_path / "res" / "notes.csv").write_text("who,what\nme,ran it,twice,today\n")
     (tmp_path / "res" / "tiny" / "half-copied.csv").write_bytes(b"\xff\xfe\x00garbage")
-    plot = cli("bptt-plot", tmp_path / "res", cache=jax_cache, cwd=tmp_path)
+    plot = here("bptt-plot", tmp_path / "res", capsys=capsys, cwd=tmp_path)
     assert plot.returncode == 0, plot.stderr
     warnings = [line for line in plot.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2 and "notes.csv" in warnings[0] + warnings[1], plot.stderr

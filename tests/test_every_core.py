@@ -84,38 +84,28 @@ def bptt_run_on_two_cores(*args, cwd, cache) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
-def test_default_devices_split_rows_evenly_with_the_same_results(tmp_path, jax_cache):
+def test_default_devices_split_rows_evenly_with_the_same_results(tmp_path, jax_cache, capsys):
     """One process on 2 cores with the default device count (4): a program of 3 rows (one clip
     x 3 seeds) is sharded over 3 devices, one row each, not over 2 with a filler row, and its
-    metrics equal those of one device."""
+    metrics equal those of one device (the same command with --devices 1, in this process)."""
     path = definition(tmp_path, epochs=2, seeds=3, diagnostics=False)
-    outputs = {}
-    for label, args in {"1": ["--devices", "1"], "default": ["--workers", "1"]}.items():
-        outputs[label] = tmp_path / label
-        result = bptt_run_on_two_cores(
-            path,
-            "--flow",
-            "R",
-            "--clip",
-            "NORM",
-            "--out",
-            outputs[label],
-            *args,
-            cwd=tmp_path,
-            cache=jax_cache,
-        )
-        assert result.returncode == 0, result.stderr
-        metas = [json.loads(p.read_text()) for p in (outputs[label] / "tiny").glob("*.json")]
-        assert len(metas) == 1  # one run: flow R, clip NORM (every flow is sharded alike)
-        assert all(len(m["devices"]) == (1 if label == "1" else 3) for m in metas), [
-            m["devices"] for m in metas
-        ]
+    grid = (path, "--flow", "R", "--clip", "NORM")  # one run (every flow is sharded alike)
+    one = here("bptt-run", *grid, "--out", tmp_path / "1", "--devices", "1", capsys=capsys, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    result = bptt_run_on_two_cores(
+        *grid, "--out", tmp_path / "default", "--workers", "1", cwd=tmp_path, cache=jax_cache
+    )
+    assert result.returncode == 0, result.stderr
     assert "4 CPU device(s): two per usable core (2)" in result.stderr
+    for label, n_devices in (("1", 1), ("default", 3)):
+        (meta,) = [json.loads(p.read_text()) for p in (tmp_path / label / "tiny").glob("*.json")]
+        assert len(meta["devices"]) == n_devices, meta["devices"]
     pd.testing.assert_frame_equal(
-        metrics(outputs["default"] / "tiny"), metrics(outputs["1"] / "tiny"), rtol=1e-6
+        metrics(tmp_path / "default" / "tiny"), metrics(tmp_path / "1" / "tiny"), rtol=1e-6
     )
 
 
+@pytest.mark.slow  # a paper-scale quantum epoch, ~20 s alone on 2 cores
 def test_a_lapack_kernel_on_as_many_devices_as_cores_does_not_hang(tmp_path, jax_cache):
     """Quantum's tridiagonal solve is jaxlib's LAPACK kernel, which blocks an XLA pool thread
     while other pool threads solve parts of its batch. ``--devices 2`` on two cores (a pool of

@@ -12,10 +12,11 @@ from clitools import BIN, cli, definition, env_for, freeze_when, kill_all, metri
 from bptt_cli import results
 
 
-# SIGKILL is slow (three commands, two devices, diagnostics); a killed run's files are checked
-# at every write in process (test_damage.py) and a killed worker's runs taken over in the fast
-# suite (test_workers.py).
-@pytest.mark.parametrize("how", ["interrupt", pytest.param("kill", marks=pytest.mark.slow)])
+# Slow: three commands each (a reference, the interrupted one, the resumed one). The fast suite
+# kills a commit at every write and interrupts a program in process (test_damage.py,
+# test_runner.py, test_grouping.py).
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["interrupt", "kill"])
 def test_interrupted_run_resumes_to_identical_results(how, tmp_path, jax_cache):
     """Ctrl-C to the default command (a worker process per core, each training its programs);
     SIGKILL on one process with two devices, where 3 seeds of one clip are padded to 4 rows

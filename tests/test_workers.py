@@ -69,6 +69,9 @@ def assert_complete_once_each(folder: Path, epochs: int) -> dict[str, list]:
     return {run_id: meta["history"] for run_id, meta in metas.items()}
 
 
+# Slow (three commands of three processes each on a 2-core machine); the fast suite's CLI smoke
+# run is a pool of workers sharing a folder, and shares are checked in process (test_grouping.py).
+@pytest.mark.slow
 def test_three_workers_at_once_train_every_run_exactly_once(tmp_path, jax_cache):
     path, out = grid(tmp_path, epochs=30), tmp_path / "res"
     workers = [
