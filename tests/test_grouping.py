@@ -178,16 +178,19 @@ def test_gates_equal_static_flows(x64):
     )
     x0 = task.sample_data(key, 4)[0].astype(jnp.float64)
     args = (task.controller, task.step, task.loss, theta, x0, 30)
+    # Compiled, as programs run them: a static flow is a static argument, gates are data.
+    static_of = jax.jit(flows.flow_gradients, static_argnums=(0, 1, 2, 3, 6))
+    gated_of = jax.jit(flows.flow_gradients, static_argnums=(1, 2, 3, 6), static_argnames="pair")
     # Each gate path once alone and once in a pair with M (as in a wide program with C rows).
     for flow, pair in (("R", False), ("M", True), ("S", False), ("T4", True)):
-        static = flows.flow_gradients(flow, *args)
-        gated = flows.flow_gradients(flows.gates(flow), *args, pair=pair)
+        static = static_of(flow, *args)
+        gated = gated_of(flows.gates(flow), *args, pair=pair)
         assert float(gated.value[0]) == float(static.value[0])
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14), gated.update, static.update
         )
-    static = flows.flow_gradients("C", *args)
-    gated = flows.flow_gradients(flows.gates("C"), *args, pair=True)
+    static = static_of("C", *args)
+    gated = gated_of(flows.gates("C"), *args, pair=True)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14), gated.update, static.update
     )
