@@ -17,6 +17,11 @@ if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
 OWN_CACHE = "BPTT_TEST_JAX_CACHE" not in os.environ
 os.environ.setdefault("BPTT_TEST_JAX_CACHE", tempfile.mkdtemp(prefix="bptt-test-jax-cache-"))
 CACHE = Path(os.environ["BPTT_TEST_JAX_CACHE"])
+# bptt-run's own cache setting (core/compile_cache.py) points there too, never to the user's
+# cache folder; nothing is logged to Weights & Biases unless a test asks.
+os.environ["BPTT_COMPILE_CACHE"] = str(CACHE)
+os.environ.pop("BPTT_WANDB", None)
+os.environ.pop("BPTT_TENSORBOARD", None)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

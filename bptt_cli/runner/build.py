@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bptt_cli import problems
-from bptt_cli.core import devices, diagnostics, flows, train
+from bptt_cli.core import compile_cache, devices, diagnostics, flows, train
 from bptt_cli.core.optim import clip_thresholds
 from bptt_cli.core.plan import MAX_CHUNK, Program, RowLayout
 from bptt_cli.core.spec import RunSpec
@@ -33,7 +33,10 @@ N_TRAJECTORIES = 8  # test trajectories saved per seed at the end of a run
 def numerics(profile: devices.Profile, precision: str) -> Iterator[None]:
     """The numeric settings under which every program is traced, compiled and called (the run,
     the GPU compile, the benchmarks): the profile's matmul precision (full float32 products: a
-    GPU would otherwise use TF32) and, for a float64 program, jax's x64."""
+    GPU would otherwise use TF32) and, for a float64 program, jax's x64; and, once per process,
+    jax's persistent compilation cache (``core.compile_cache``: a program compiled by an earlier
+    run, worker or SLURM task is read back, not compiled again)."""
+    compile_cache.use()
     with jax.default_matmul_precision(profile.matmul_precision), jax.enable_x64(precision == "float64"):
         yield
 
@@ -72,6 +75,8 @@ class Built:
       state: the training state of every row (resumed rows restored).
       inputs: ``(hypers, x_train, x_test)``, what every chunk is called with besides the state.
       chunk: the compiled ``(state, *inputs, n_epochs) -> (state, metrics, diverged)``.
+      compile_seconds: XLA's compile of ``chunk`` (or reading it back from jax's persistent
+        cache); trace_seconds: tracing and lowering it before (Python: never cached).
       diagnose: ``(theta, *inputs) -> name -> per-row arrays``, or None without diagnostics.
       trajectories: ``(theta, *inputs) -> (xs, us)`` per row.
       n_steps: the horizon; ``optima``: level -> best reachable loss (where the problem has one);
@@ -92,6 +97,7 @@ class Built:
     optima: dict[Any, float]
     drawing: str | None
     state_shapes: dict[Any, tuple[int, ...]] | None
+    trace_seconds: float = 0.0
 
 
 @dataclass
@@ -201,10 +207,10 @@ def _build(program, profile, cache, saved) -> Built:
     x_train, x_test = jax.device_put((p.x_train, p.x_test), data_sharding)
 
     t0 = time.perf_counter()
-    compiled = p.chunk_fn.lower(state, hypers, x_train, x_test, jnp.int32(1)).compile(
-        profile.compiler_options or None
-    )
-    compile_seconds = time.perf_counter() - t0
+    lowered = p.chunk_fn.lower(state, hypers, x_train, x_test, jnp.int32(1))
+    t1 = time.perf_counter()
+    compiled = lowered.compile(profile.compiler_options or None)  # read back when cached
+    compile_seconds = time.perf_counter() - t1
 
     in_axes = (0, 0, data_axis, data_axis)
     n_diag = min(diagnostics.N_STATES, program.n_data)
@@ -244,6 +250,7 @@ def _build(program, profile, cache, saved) -> Built:
         inputs=(hypers, x_train, x_test),
         chunk=compiled,
         compile_seconds=compile_seconds,
+        trace_seconds=t1 - t0,
         diagnose=diag_fn,
         trajectories=_within(profile, program.precision, traj_fn),
         n_steps=p.n_steps,
