@@ -66,7 +66,9 @@ LOWEST_TESTS := tests/test_flows.py tests/test_cartpole.py tests/test_optim.py t
                 tests/test_runner.py::test_numeric_levels_and_clips_share_one_program \
                 tests/test_quantum.py::test_step_gradients_in_float64 \
                 tests/test_cli.py::test_bad_input_is_one_line_exit_2_nothing_written \
-                tests/test_cli.py::test_list_and_help_do_not_need_jax
+                tests/test_cli.py::test_list_and_help_do_not_need_jax \
+                tests/test_tracking.py::test_event_files_hold_each_epoch_committed_while_the_grid_trains \
+                tests/test_tracking.py::test_wandb_offline_one_run_per_run_grouped_by_experiment
 
 $(LOWEST)/.installed: pyproject.toml .ci/lowest.py
 	rm -rf $(LOWEST)

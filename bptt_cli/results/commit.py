@@ -25,6 +25,7 @@ from bptt_cli.results import files
 from bptt_cli.results.files import DIAGNOSTIC_CONFIG, RUN_CONFIG, RunFiles
 from bptt_cli.results.locks import RunLock, worker_name
 from bptt_cli.results.read import load_rows, read_run_csv
+from bptt_cli.results.tracking import Trackers, Tracking
 
 # --- finished runs ------------------------------------------------------------------------
 
@@ -99,13 +100,23 @@ class ProgramWriter:
 
     Created once the program's runs are claimed (``locks``): a fresh run starts with no
     files, a resumed one has its CSVs cut back to its checkpoint; either way its sidecar names
-    this worker before any checkpoint is written, so every checkpoint has a history.
+    this worker before any checkpoint is written, so every checkpoint has a history. Each
+    run's live curves (``tracking``: TensorBoard, W&B; default: as the environment says) are
+    written anew from the rows its CSVs keep, then fed each chunk once it is committed.
     """
 
-    def __init__(self, out: Path, runs: list[RunSpec], record: ProgramRecord, locks: dict[str, RunLock]):
+    def __init__(
+        self,
+        out: Path,
+        runs: list[RunSpec],
+        record: ProgramRecord,
+        locks: dict[str, RunLock],
+        tracking: Tracking | None = None,
+    ):
         self.runs, self.record, self.locks = runs, record, locks
         self.folder = out / runs[0].experiment
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.trackers = Trackers(tracking or Tracking.from_environment(), self.folder)
         self.epochs_done = record.start_epoch
         self.started = time.time()
         self.history = {spec.run_id: self._prepare(spec) for spec in runs}
@@ -118,13 +129,16 @@ class ProgramWriter:
         except (OSError, json.JSONDecodeError):
             previous = {}
         history = history_until(previous.get("history", []), start)
+        kept_rows = []
         for path in (paths.csv, paths.diagnostics):
             kept = load_rows(path, start) if start > 0 else None
             if kept is None or kept.empty:
                 path.unlink(missing_ok=True)
             else:
                 files.write_csv(path, kept)
+            kept_rows.append(kept)
         files.write_json(paths.meta, self._meta(spec, start, history))
+        self.trackers.start(spec, start, *kept_rows)
         return history
 
     def commit(self, chunk: Chunk) -> None:
@@ -132,19 +146,24 @@ class ProgramWriter:
         for spec in self.runs:
             rows = self.record.slices[spec.run_id]
             paths = RunFiles.of(self.folder, spec.run_id)
-            files.append_csv(paths.csv, self._metric_rows(spec, chunk, rows))
+            metrics = self._metric_rows(spec, chunk, rows)
+            files.append_csv(paths.csv, metrics)
             diagnosed = [
                 self._diagnostic_rows(spec, epoch, arrays, rows)
                 for epoch, arrays in chunk.diagnostics
                 if epoch in spec.diagnostics
             ]
-            if diagnosed:
-                files.append_csv(paths.diagnostics, pd.concat(diagnosed))
+            diagnostics = pd.concat(diagnosed) if diagnosed else None
+            if diagnostics is not None:
+                files.append_csv(paths.diagnostics, diagnostics)
             complete = end >= spec.epochs
             if complete:
                 self._finish(spec, paths, chunk.trajectories, rows)
             files.save_checkpoint(paths.checkpoint, [leaf[rows] for leaf in chunk.leaves], end, spec.run_id)
             files.write_json(paths.meta, self._meta(spec, end, self.history[spec.run_id]))
+            self.trackers.log(spec, metrics, diagnostics)  # durable in the CSVs by now
+            if complete:
+                self.trackers.finish(spec, complete=True)
             if complete and spec.run_id in self.locks:
                 self.locks.pop(spec.run_id).release(done=True)
         self.epochs_done = end
