@@ -10,9 +10,13 @@ The public API, in one place, for your own simulators and for using the flows as
   flow's update (R, M, S, C or T<k>) for any single-sample ``step`` and ``controller``.
 - ``combine(g_m, g_r)``: the C rule on any pytrees.
 - ``nn``: the small MLP layers the paper's controllers use (Keras-style initialisation).
+- ``run(definition, scale, **options)``: train a grid as ``bptt-run`` does and get its results;
+  ``load(folder)``: any results folder (or published data) as tidy DataFrames, ``metrics`` and
+  ``diagnostics`` (``bptt_cli.api``; docs/python-api.md).
 
 Everything else is internal: ``core`` (flows, optimizers, training, the planner), ``runner``,
-``results``, ``config``, ``plotting`` and ``cli`` may change between releases.
+``results``, ``config``, ``plotting`` and ``cli`` may change between releases; ``api`` holds
+the steps ``run`` takes, which the command line calls.
 
 Importing ``bptt_cli`` loads neither jax nor the problem registry; the names above load what
 they need on first use.
@@ -21,7 +25,18 @@ they need on first use.
 from bptt_cli.core.task import ProblemDef, Task
 
 __version__ = "0.4.0"
-__all__ = ["ProblemDef", "ProblemError", "Task", "check", "combine", "nn", "value_and_grad"]
+__all__ = [
+    "ProblemDef",
+    "ProblemError",
+    "Task",
+    "UserError",
+    "check",
+    "combine",
+    "load",
+    "nn",
+    "run",
+    "value_and_grad",
+]
 
 
 def __getattr__(name: str):
@@ -33,6 +48,10 @@ def __getattr__(name: str):
         from bptt_cli import problems
 
         return getattr(problems, name)
+    if name in ("run", "load", "UserError"):
+        from bptt_cli import api
+
+        return getattr(api, name)
     if name == "nn":
         import importlib
 

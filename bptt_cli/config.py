@@ -8,7 +8,9 @@ names the bad value and what is allowed.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -53,7 +55,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 GRID_KEYS = ("levels", "flows", "clips")
 TOP_KEYS = {"problem", "description", "grid", "train", "options", "summary", "scales", "diagnostics"}
 DIAGNOSTICS_KEYS = ("enabled", "epochs")
-DIAGNOSED_EPOCHS = (0, 1, 10, 100, 1000)  # docs/model.md §14: those within the run
+DIAGNOSED_EPOCHS = (0, 1, 10, 100, 1000)
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # an experiment's name: its results folder  # docs/model.md §14: those within the run
 
 
 class UserError(Exception):
@@ -111,6 +114,17 @@ def load(name_or_path: str) -> Experiment:
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"malformed definition file {origin}: {err}") from None
     return _parse(name, origin, raw, base)
+
+
+def from_mapping(raw: Mapping[str, Any], name: str = "experiment") -> Experiment:
+    """A definition given as a mapping, as its TOML file would parse (``{"problem": "cartpole",
+    "grid": {...}, "train": {...}}``), named ``name`` (its results folder); a problem file is
+    named relative to the working folder."""
+    if not isinstance(raw, Mapping):
+        raise UserError(f"invalid definition {raw!r}; allowed: a mapping, a built-in name or a .toml path")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise UserError(f"invalid experiment name {name!r}; allowed: letters, digits, '_', '-' and '.'")
+    return _parse(name, f"definition {name!r}", dict(raw), Path.cwd())
 
 
 def _parse(name: str, origin: str, raw: dict[str, Any], base: Path | None = None) -> Experiment:

@@ -5,14 +5,17 @@ One XLA process with one device per core shards a program's rows over the cores 
 programs in one process on disjoint devices barely overlap (XLA's threads spin while they wait
 and take each other's cores: measured 1.16x for two programs on two cores). Processes pinned to
 disjoint cores do not interfere (2.0x for two). So a grid of several programs is trained by
-that many ``bptt-run`` workers, each pinned to its share of the cores (its jax CPU devices are
-those cores), all on the same results folder: run locks decide who trains what, exactly as for
-workers on a cluster, and each worker starts at another program. Results do not depend on the
-split: a run computes the same whichever program and process it lands in.
+that many workers, each pinned to its share of the cores (its jax CPU devices are those cores),
+all on the same results folder: run locks decide who trains what, exactly as for workers on a
+cluster, and each worker starts at another program of the one plan. Results do not depend on
+the split: a run computes the same whichever program and process it lands in.
 
-The parent waits, draws progress from the runs' sidecars, forwards Ctrl-C (workers run in
-process groups of their own, so that a terminal's Ctrl-C is delivered once), and the workers
-die with it if it is killed (Linux: ``PR_SET_PDEATHSIG``).
+:func:`run_pool` is the pool, callable from Python: each worker is ``python -m
+bptt_cli.workers`` handed its :class:`Job` (the plan, the folder, its cores) on stdin, and
+leaves its outcome in a file of the pool's. The parent draws progress from the runs' sidecars,
+forwards Ctrl-C (workers run in process groups of their own, so that a terminal's Ctrl-C is
+delivered once), and the workers die with it if it is killed (Linux: ``PR_SET_PDEATHSIG``).
+This module imports no jax; a worker imports it once its cores and devices are set.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import ctypes
 import itertools
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -30,17 +34,32 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bptt_cli.core.plan import Plan
 from bptt_cli.core.spec import RunSpec
 
 _PR_SET_PDEATHSIG = 1
-CORES_VARIABLE = "BPTT_WORKER_CORES"  # a worker's cores, from its parent
-PARENT_VARIABLE = "BPTT_WORKER_PARENT"
+# Exit codes of a worker: 2 when it left a one-line error in its outcome, 130 when interrupted.
+ERROR, INTERRUPTED = 2, 130
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker is given: the plan (starting at its own program), where to write, the
+    cores it is pinned to, and where to leave its outcome."""
+
+    plan: Plan
+    out: Path
+    force: bool
+    grouping: str
+    cores: tuple[int, ...]
+    parent: int
+    outcome: Path
 
 
 @dataclass
 class PoolReport:
     """What the workers did together (run ids), how they ended, and the errors they left to
-    their parent to print (each once: two workers meeting a full disk say the same)."""
+    their parent to say (each once: two workers meeting a full disk say the same)."""
 
     trained: list[str] = field(default_factory=list)
     found_complete: list[str] = field(default_factory=list)
@@ -50,7 +69,12 @@ class PoolReport:
 
     @property
     def interrupted(self) -> bool:
-        return 130 in self.exit_codes
+        return INTERRUPTED in self.exit_codes
+
+    @property
+    def failed(self) -> list[tuple[int, int]]:
+        """``(worker, exit code)`` of the workers that neither finished nor were interrupted."""
+        return [(k, code) for k, code in enumerate(self.exit_codes, 1) if code not in (0, INTERRUPTED)]
 
 
 def core_groups(cores: Sequence[int], n_workers: int) -> list[list[int]]:
@@ -60,53 +84,49 @@ def core_groups(cores: Sequence[int], n_workers: int) -> list[list[int]]:
     return [cores[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
 
-def write_report(path: Path, report) -> None:
-    """A worker's report (a ``runner.Report``) for its parent."""
-    fields = {name: getattr(report, name) for name in ("trained", "found_complete", "left_to_others")}
-    path.write_text(json.dumps(fields))
-
-
-def write_error(path: Path, message: str) -> bool:
-    """A worker's one-line error, for its parent to print; False when it cannot be written
-    (then the worker prints it)."""
-    try:
-        path.write_text(json.dumps({"error": message}))
-    except OSError:
-        return False
-    return True
-
-
 def run_pool(
-    args: Sequence[str],
-    n_workers: int,
-    specs: list[RunSpec],
+    plan: Plan,
     out: Path,
+    n_workers: int,
+    *,
+    force: bool = False,
+    grouping: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> PoolReport:
-    """Run ``bptt-run args`` as ``n_workers`` processes pinned to disjoint cores of this one,
-    and merge their reports. ``progress(done, total)`` is called with run-epochs while they
-    work (read from the runs' sidecars)."""
+    """Train ``plan`` under ``out`` with ``n_workers`` processes pinned to disjoint cores of this
+    one, and merge what they did. ``progress(done, total)`` is called with run-epochs while they
+    work (read from the runs' sidecars). The runs found complete are settled by the first."""
     groups = core_groups(list(os.sched_getaffinity(0)), n_workers)
     env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}  # each counts its cores
     pool: list[tuple[subprocess.Popen, Path]] = []
-    with tempfile.TemporaryDirectory(prefix="bptt-workers-") as folder:
-        with _forwarding(pool):
-            for k, cores in enumerate(groups):
-                report = Path(folder) / f"worker-{k}.json"
-                command = [sys.executable, "-c", "from bptt_cli.cli import run_main; run_main()", *args]
-                command += ["--worker", f"{k + 1}/{n_workers}", "--worker-report", str(report)]
-                cores_env = {CORES_VARIABLE: ",".join(map(str, cores)), PARENT_VARIABLE: str(os.getpid())}
-                child = subprocess.Popen(command, env={**env, **cores_env}, process_group=0)
-                pool.append((child, report))
-            start = _committed(specs, out)
-            total = sum((spec.epochs - start[spec.run_id]) * len(spec.seeds) for spec in specs)
-            while any(child.poll() is None for child, _ in pool):
-                if progress is not None:
-                    now = _committed(specs, out)
-                    progress(sum((now[s.run_id] - start[s.run_id]) * len(s.seeds) for s in specs), total)
-                with suppress(subprocess.TimeoutExpired, StopIteration):
-                    next(child for child, _ in pool if child.poll() is None).wait(timeout=0.5)
-        return _merge(pool, specs)
+    specs = plan.runs
+    with tempfile.TemporaryDirectory(prefix="bptt-workers-") as folder, _forwarding(pool):
+        for k, cores in enumerate(groups):
+            share = plan.rotated(k)
+            job = Job(
+                plan=share if k == 0 else Plan(share.programs),
+                out=Path(out),
+                force=force,
+                grouping=grouping,
+                cores=tuple(cores),
+                parent=os.getpid(),
+                outcome=Path(folder) / f"worker-{k}.json",
+            )
+            child = subprocess.Popen(
+                [sys.executable, "-m", "bptt_cli.workers"], stdin=subprocess.PIPE, env=env, process_group=0
+            )
+            pool.append((child, job.outcome))
+            child.stdin.write(pickle.dumps(job))
+            child.stdin.close()
+        start = _committed(specs, out)
+        total = plan.run_epochs
+        while any(child.poll() is None for child, _ in pool):
+            if progress is not None:
+                now = _committed(specs, out)
+                progress(sum((now[s.run_id] - start[s.run_id]) * len(s.seeds) for s in specs), total)
+            with suppress(subprocess.TimeoutExpired, StopIteration):
+                next(child for child, _ in pool if child.poll() is None).wait(timeout=0.5)
+        return _merge(pool, [*plan.complete, *specs])
 
 
 def _merge(pool, specs: list[RunSpec]) -> PoolReport:
@@ -114,15 +134,15 @@ def _merge(pool, specs: list[RunSpec]) -> PoolReport:
     trained, complete = set(), set()
     for _, path in pool:
         try:
-            report = json.loads(path.read_text())
+            outcome = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue  # a worker that failed before it trained anything
-        if "error" in report:
-            if report["error"] not in merged.errors:
-                merged.errors.append(report["error"])
+        if "error" in outcome:
+            if outcome["error"] not in merged.errors:
+                merged.errors.append(outcome["error"])
             continue
-        trained |= set(report["trained"])
-        complete |= set(report["found_complete"])
+        trained |= set(outcome["trained"])
+        complete |= set(outcome["found_complete"])
     for spec in specs:
         if spec.run_id in trained:
             merged.trained.append(spec.run_id)
@@ -146,18 +166,6 @@ def _committed(specs: list[RunSpec], out: Path) -> dict[str, int]:
     return done
 
 
-def become_worker() -> None:
-    """Called first thing in a pool's worker, before jax starts: pin this process to the cores its
-    parent gave it (so that it counts them as its devices), and die with the parent."""
-    cores = os.environ.get(CORES_VARIABLE)
-    if cores:
-        os.sched_setaffinity(0, [int(core) for core in cores.split(",")])
-    with suppress(OSError, AttributeError):  # Linux only: elsewhere a worker outlives a killed parent
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.environ.get(PARENT_VARIABLE, str(os.getppid())) != str(os.getppid()):
-        os._exit(1)  # the parent died before the line above took effect
-
-
 @contextmanager
 def _forwarding(pool) -> Iterator[None]:
     """Ctrl-C (or SIGTERM) to the parent goes to every live worker, once per signal received."""
@@ -173,3 +181,43 @@ def _forwarding(pool) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# --- a worker -------------------------------------------------------------------------------
+
+
+def work(job: Job) -> int:
+    """Be one of a pool's workers: die with the parent, take the job's cores as this process's
+    devices (before jax starts), train the plan, and leave the outcome (or a one-line error
+    for the parent to say once) in ``job.outcome``. Returns the exit code."""
+    with suppress(OSError, AttributeError):  # Linux only: elsewhere a worker outlives a killed parent
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if job.parent != os.getppid():
+        return 1  # the parent died before the line above took effect
+    from bptt_cli.core import devices
+
+    profile = devices.configure("auto", cores=job.cores).profile(job.grouping)
+    from bptt_cli import runner
+    from bptt_cli.results import DiskError, LockError
+
+    try:
+        report = runner.run(job.plan, job.out, force=job.force, profile=profile)
+    except (DiskError, LockError) as err:
+        if not _leave(job.outcome, {"error": str(err)}):
+            print(f"bptt-run: error: {err}", file=sys.stderr)
+        return ERROR
+    _leave(job.outcome, {name: getattr(report, name) for name in ("trained", "found_complete", "left_to_others")})
+    return INTERRUPTED if report.interrupted else 0
+
+
+def _leave(path: Path, outcome: dict) -> bool:
+    """Write a worker's outcome for its parent; False when it cannot be written."""
+    try:
+        path.write_text(json.dumps(outcome))
+    except OSError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(work(pickle.loads(sys.stdin.buffer.read())))

@@ -13,7 +13,9 @@ FLOORS = [
     {"bptt_cli.core", "bptt_cli.nn", "bptt_cli.targets"},  # targets: GPU descriptions, data only
     {"bptt_cli.problems", "bptt_cli.results"},
     {"bptt_cli.config", "bptt_cli.estimate", "bptt_cli.summary", "bptt_cli.toy"},
-    {"bptt_cli.runner", "bptt_cli.workers", "bptt_cli.plotting"},
+    {"bptt_cli.runner", "bptt_cli.plotting"},
+    {"bptt_cli.workers"},  # a pool of processes, each running the runner
+    {"bptt_cli.api"},  # the Python API: grids and results; the command line is a layer over it
     {"bptt_cli.cli"},
 ]
 FLOOR = {part: i for i, parts in enumerate(FLOORS) for part in parts}

@@ -96,7 +96,7 @@ def test_default_devices_split_rows_evenly_with_the_same_results(tmp_path, jax_c
         *grid, "--out", tmp_path / "default", "--workers", "1", cwd=tmp_path, cache=jax_cache
     )
     assert result.returncode == 0, result.stderr
-    assert "4 CPU device(s): two per usable core (2)" in result.stderr
+    assert "4 CPU device(s): two per usable core (2)" in result.stderr, result.stderr
     for label, n_devices in (("1", 1), ("default", 3)):
         (meta,) = [json.loads(p.read_text()) for p in (tmp_path / label / "tiny").glob("*.json")]
         assert len(meta["devices"]) == n_devices, meta["devices"]

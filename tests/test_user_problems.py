@@ -1,7 +1,9 @@
 """A user's own problem module: every broken contract is one line naming the problem, the
 function and what was expected, exit code 2, and nothing written."""
 
+import os
 import sys
+from unittest import mock
 
 import pytest
 
@@ -91,7 +93,7 @@ n_data = 16
 
 def bptt_run(monkeypatch, capsys, *args) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["bptt-run", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info, mock.patch.dict(os.environ):  # what it sets for jax
         cli.run_main()
     return exit_info.value.code, capsys.readouterr().err
 

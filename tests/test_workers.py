@@ -3,8 +3,10 @@ runs taken over, and the bad input of this part (shards, lock files, folders wit
 
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import pytest
@@ -161,7 +163,7 @@ def test_folder_without_working_locks(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     monkeypatch.setattr(sys, "argv", ["bptt-run", str(grid(tmp_path, 2)), "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info, mock.patch.dict(os.environ):  # what it sets for jax: restored
         bptt_cli_module.run_main()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err

@@ -6,26 +6,21 @@ error a user can cause ends as one line on stderr and exit code 2, before anythi
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bptt_cli import config
-from bptt_cli.cli import checks, show
+from bptt_cli import api, config
+from bptt_cli.cli import show
 from bptt_cli.cli.show import err_console, out_console
 from bptt_cli.config import UserError
-from bptt_cli.results import DiskError, LockError
-
-GROUPINGS = ("auto", "narrow", "wide")
-
+from bptt_cli.core.devices import GROUPINGS
+from bptt_cli.results import DiskError
 
 run_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 plot_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-
-DEVICES = ("auto", "cpu", "gpu")
 
 
 @run_app.command(
@@ -148,8 +143,6 @@ def run(
             "--devices].",
         ),
     ] = None,
-    worker: Annotated[str | None, typer.Option(hidden=True)] = None,  # K/N: one of a pool's workers
-    worker_report: Annotated[Path | None, typer.Option(hidden=True)] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the programs that would run (and an estimate) and stop.")
     ] = False,
@@ -167,21 +160,14 @@ def run(
     ] = False,
     info: Annotated[bool, typer.Option("--info", help="Print devices and versions.")] = False,
 ) -> None:
-    if device.lower() not in DEVICES:
-        raise UserError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
-    if worker is not None:
-        from bptt_cli import workers as pool
-
-        pool.become_worker()
     if target is not None:
-        checks.check_target(target, dry_run)
-    cpu_devices = checks.set_cpu_devices(devices_count)
-    checks.select_device("cpu" if target is not None else device.lower())
+        api.checks.check_target(target, dry_run)
+    placement = api.place(device.lower(), devices_count, target)
     if list_:
         show.print_list()
         return
     if info:
-        show.print_info(cpu_devices)
+        show.print_info(placement)
         return
     if experiment is None:
         raise UserError(
@@ -194,14 +180,13 @@ def run(
         return
     if grouping.lower() not in GROUPINGS:
         raise UserError(f"unknown grouping {grouping!r}; allowed: {', '.join(GROUPINGS)}")
-    specs = config.resolve(
+    grid = api.grid(
         exp,
         scale,
-        diagnostics=diagnostics,
-        option_overrides=config.parse_options(option or []),
-        levels=level or None,
-        flows=flow or None,
-        clips=clip or None,
+        options=config.parse_options(option or []),
+        levels=level,
+        flows=flow,
+        clips=clip,
         epochs=epochs,
         seeds=seeds,
         seed=seed,
@@ -210,71 +195,40 @@ def run(
         learning_rate=learning_rate,
         batch_size=batch_size,
         data_seed=data_seed,
+        diagnostics=diagnostics,
+        shard=shard,
     )
-    share = checks.shard(shard)
-    from bptt_cli.core import plan
-
-    mine = plan.shard(specs, *share) if share else specs
-    checks.check_shared_out(out, os.environ)
-    checks.check_out(out)
-    checks.check_locks(mine, out)
-    if worker is None:  # a worker's parent has checked the problem already
-        for warning in checks.check_problem(specs):
-            err_console.print(f"bptt-run: warning: {warning}", markup=False)
-    from bptt_cli import runner
-    from bptt_cli import workers as pool
-    from bptt_cli.core import devices
-
-    if target:
-        profile = devices.profile("gpu", grouping.lower())
-    else:
-        profile = checks.fit_profile(devices.current(grouping.lower()), cpu_devices)
+    for warning in api.check(grid, out):
+        err_console.print(f"bptt-run: warning: {warning}", markup=False)
+    profile = placement.profile(grouping.lower())
+    plan = api.plan(grid, out, profile, force)
     if target is not None:
-        show.print_plan(exp, scale, specs, out, share, None, 1)
-        if not show.print_target_programs(mine, out, profile, target):
+        show.print_plan(grid, out, None, 1)
+        if not show.print_target_programs(plan, profile, target):
             raise typer.Exit(1)
         return
-    n_workers = checks.n_workers(workers, profile, cpu_devices, mine, out) if worker is None else 1
-    if worker is None:
-        show.print_plan(exp, scale, specs, out, share, cpu_devices, n_workers)
+    n_workers = api.n_workers(workers, placement, profile, plan)
+    show.print_plan(grid, out, placement, n_workers)
     if dry_run:
-        show.print_programs(mine, out, profile, n_workers)
+        show.print_programs(plan, profile, n_workers)
         return
 
-    if n_workers > 1:
+    try:
         with show.progress_bar() as progress:
-            report = pool.run_pool(
-                sys.argv[1:], n_workers, mine, out, show.pool_progress(progress, n_workers)
+            report = api.train(
+                plan, out, profile, workers=n_workers, grouping=grouping.lower(), force=force, progress=progress
             )
-        failed = [(k, code) for k, code in enumerate(report.exit_codes, 1) if code not in (0, 130)]
-        for message in report.errors:  # a full disk: said once, however many workers met it
-            err_console.print(f"bptt-run: error: {message}", markup=False)
-        if failed:  # each worker has said why on stderr already, or in its report
-            if not any(code == 2 for _, code in failed):
-                err_console.print(f"bptt-run: worker {failed[0][0]} failed with exit code {failed[0][1]}")
-            raise typer.Exit(2 if any(code == 2 for _, code in failed) else 1)
-    else:
-        rotate = int(worker.split("/")[0]) - 1 if worker else 0
-        try:
-            with show.progress_bar(enabled=worker is None) as progress:
-                report = runner.run(mine, out, force=force, profile=profile, progress=progress, rotate=rotate)
-        except LockError as err:
-            raise UserError(str(err)) from None
-        except DiskError as err:
-            if worker_report is not None and pool.write_error(worker_report, str(err)):
-                raise typer.Exit(2) from None  # the parent says it, once for all its workers
-            raise UserError(str(err)) from None
-        if worker_report is not None:
-            pool.write_report(worker_report, report)
-        if worker is not None:
-            raise typer.Exit(130 if report.interrupted else 0)
+    except api.WorkerError as err:
+        err_console.print(f"bptt-run: {err}", markup=False)
+        raise typer.Exit(1) from None
     if report.interrupted:
         err_console.print("interrupted: completed epochs are saved; rerun the same command to resume")
         raise typer.Exit(130)
+    share = grid.share
     err_console.print(
         f"done: {len(report.trained)} run(s) trained, {len(report.found_complete)} found complete, "
         f"{len(report.left_to_others)} left to other workers"
-        + (f" (share {share[0]}/{share[1]} of {len(specs)})" if share else "")
+        + (f" (share {share[0]}/{share[1]} of {len(grid.specs)})" if share else "")
         + f"; results in {out / exp.name}",
         markup=False,
     )
@@ -318,7 +272,7 @@ def plot(
     if against is not None and not against.is_dir():
         raise UserError(f"published folder {str(against)!r} does not exist; allowed: a folder of bptt-run results")
     figures = out or results_dir / "figures"
-    checks.check_out(figures, locks=False)
+    api.checks.check_out(figures, locks=False)
     comparison = _comparison(results_dir, against) if against is not None else None
 
     from bptt_cli import plotting
@@ -359,7 +313,7 @@ def _comparison(results_dir: Path, published: Path):
 
 
 def _publish(results_dir: Path, dest: Path) -> None:
-    checks.check_out(dest, locks=False)
+    api.checks.check_out(dest, locks=False)
     from bptt_cli.results.publish import publish
 
     try:
@@ -377,7 +331,7 @@ def _publish(results_dir: Path, dest: Path) -> None:
 
 
 def _run_toy(exp, out: Path, force: bool) -> None:
-    checks.check_out(out, locks=False)
+    api.checks.check_out(out, locks=False)
     from bptt_cli import toy
 
     written = toy.run(out / exp.name, force=force)

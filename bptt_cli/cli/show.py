@@ -22,7 +22,7 @@ def print_list() -> None:
         out_console.print(f"{name:10s} {exp.description}  [scales: {scales}]", markup=False)
 
 
-def print_info(cpu_devices: tuple[int, str]) -> None:
+def print_info(placement) -> None:
     import jax
 
     from bptt_cli.core import devices
@@ -33,16 +33,16 @@ def print_info(cpu_devices: tuple[int, str]) -> None:
     out_console.print(f"{'backend':10s} {jax.default_backend()}")
     out_console.print(
         f"{'cores':10s} {devices.usable_cores()} usable by this process; "
-        f"{cpu_devices[0]} CPU device(s): {cpu_devices[1]}"
+        f"{placement.count} CPU device(s): {placement.why}"
     )
     for d in jax.devices():
         out_console.print(f"{'device':10s} {d.id}: {d.device_kind} ({d.platform})")
 
 
-def print_plan(
-    exp, scale: str, specs, out: Path, share, cpu_devices: tuple[int, str] | None, n_workers: int
-) -> None:
-    """The grid, and where it trains (without ``cpu_devices``: nowhere here, as with --target)."""
+def print_plan(grid, out: Path, placement, n_workers: int) -> None:
+    """The grid (an ``api.Grid``), and where it trains (without a ``placement``: nowhere here,
+    as with --target)."""
+    exp, scale, specs, share = grid.experiment, grid.scale, grid.specs, grid.share
     first = specs[0]
     levels = sorted({s.level for s in specs})
     mine = f"; this worker's share: {share[0]}/{share[1]}" if share else ""
@@ -54,14 +54,14 @@ def print_plan(
         f"data seed {first.data_seed}, seeds {first.seeds[0]}..{first.seeds[-1]}{mine} → {out / exp.name}",
         markup=False,
     )
-    if cpu_devices is not None:
+    if placement is not None:
         import jax
 
         rows = sum(len(s.seeds) for s in specs)
-        err_console.print(devices_line(jax.devices(), cpu_devices, rows, n_workers), markup=False)
+        err_console.print(devices_line(jax.devices(), placement.why, rows, n_workers), markup=False)
 
 
-def devices_line(devices: list, cpu_devices: tuple[int, str], rows: int, n_workers: int) -> str:
+def devices_line(devices: list, why: str, rows: int, n_workers: int) -> str:
     """Where the runs train, and why on that many devices."""
     kind = devices[0].platform
     if kind != "cpu":
@@ -73,7 +73,7 @@ def devices_line(devices: list, cpu_devices: tuple[int, str], rows: int, n_worke
             f"on {usable_cores()} CPU cores: {n_workers} worker processes, each pinned to its own cores "
             "and training its own programs (--workers 1 for one process)"
         )
-    line = f"on {len(devices)} CPU device(s): {cpu_devices[1]}"
+    line = f"on {len(devices)} CPU device(s): {why}"
     if len(devices) > rows:
         line += f"; only {rows} can be used: the grid has {rows} row(s) (runs × seeds)"
     return line
@@ -83,16 +83,14 @@ def in_order(items) -> str:
     return ", ".join(dict.fromkeys(items))
 
 
-def print_programs(specs, out: Path, profile, n_workers: int) -> None:
-    """The programs this worker would run, and an estimate when this machine has bench figures."""
+def print_programs(plan, profile, n_workers: int) -> None:
+    """The programs of the plan, and an estimate when this machine has bench figures."""
     import jax
 
-    from bptt_cli import estimate, problems, runner
-    from bptt_cli.core import devices, plan
+    from bptt_cli import estimate
+    from bptt_cli.core import devices
 
-    work = runner.pending_work(specs, out)
-    done = len(specs) - len(work)
-    programs = plan.plan(work, profile, problems.get)
+    programs, done = plan.programs, len(plan.complete)
     device = jax.devices()[0]
     cores = max(1, devices.usable_cores() // n_workers)  # each worker's
     n_devices = devices.cpu_devices({}, cores)[0] if n_workers > 1 else len(jax.devices())
@@ -125,16 +123,6 @@ def print_programs(specs, out: Path, profile, n_workers: int) -> None:
         out_console.print(
             f"estimated wall time: {estimate.fmt(total)} (from make bench on this machine)", markup=False
         )
-
-
-def pool_progress(show: Callable, n_workers: int) -> Callable[[int, int], None]:
-    """The bar's callback, fed from a pool of workers (run-epochs only)."""
-    from bptt_cli.runner import Progress
-
-    def update(done: int, total: int) -> None:
-        show(Progress(done, total, 0, 0, f"{n_workers} workers"))
-
-    return update
 
 
 @contextmanager
@@ -180,17 +168,16 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable]:
         yield show
 
 
-def print_target_programs(specs, out: Path, profile, target: str) -> bool:
+def print_target_programs(plan, profile, target: str) -> bool:
     """Compile the programs for ``target`` (a GPU this machine need not have) and print per
     program its compile time, memory, kernel launches per epoch and estimated wall time; False
     when a program does not fit the target's memory. A target jax cannot compile for is a
     ``UserError``."""
-    from bptt_cli import estimate, problems, runner
+    from bptt_cli import estimate
     from bptt_cli.config import UserError
-    from bptt_cli.core import plan
     from bptt_cli.runner import aot
 
-    programs = plan.plan(runner.pending_work(specs, out), profile, problems.get)
+    programs = plan.programs
     try:
         aot.target_devices(target)
     except aot.TargetError as err:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 
 GROUPINGS = ("auto", "narrow", "wide")
@@ -196,3 +196,78 @@ def current(grouping: str = "auto") -> Profile:
     import jax
 
     return profile(jax.default_backend(), grouping)
+
+
+# --- where this process computes: the one place that sets it ---------------------------------
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a process computes, as :func:`configure` set it.
+
+    Attributes:
+      count, why: its jax CPU device count and why that many (``cpu_devices``).
+      fit: the count is ours (two per core), so each program takes the devices that split its
+        rows best (``Profile.fit_cores``); an explicit count is used as given.
+      target: a GPU compiled for without one (``--target``), or None: programs are then laid
+        out for a GPU while jax computes on the CPU.
+    """
+
+    count: int
+    why: str
+    fit: bool
+    target: str | None = None
+
+    def profile(self, grouping: str = "auto") -> Profile:
+        """The profile programs are planned and compiled with here."""
+        if self.target is not None:
+            return profile("gpu", grouping)
+        base = current(grouping)
+        return replace(base, fit_cores=usable_cores()) if base.platform == "cpu" and self.fit else base
+
+
+def configure(
+    device: str = "auto",
+    count: int | None = None,
+    *,
+    target: str | None = None,
+    cores: Sequence[int] | None = None,
+    env: MutableMapping[str, str] = os.environ,
+) -> Placement:
+    """Set where this process computes, before jax starts (it reads these once, at start-up):
+    the one place that decides devices. Every compile (a run, a pool's worker, the GPU compile
+    of ``--target``, ``make bench``) then goes through ``runner.build.numerics`` for its numbers.
+
+    ``cores`` first pins the process to those cores (a pool's worker: its devices are then
+    those cores). The CPU device count is ``cpu_devices``'; XLA's intra-op pool gets a spare
+    thread (``intra_op_threads``). ``device`` ``"cpu"`` (or a ``target``, compiled for without a
+    GPU) keeps jax off any GPU; ``"gpu"`` refuses to fall back to the CPU. Raises ValueError,
+    naming the bad value and what is allowed, for a device or a count that cannot be.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    if cores:
+        os.sched_setaffinity(0, cores)
+    n_cores = usable_cores()
+    n, why, ours = cpu_devices(env, n_cores, count)
+    if ours:
+        env["JAX_NUM_CPU_DEVICES"] = str(n)
+    env["NPROC"] = str(intra_op_threads(n_cores, n))
+    if device == "cpu" or target is not None:
+        env["JAX_PLATFORMS"] = "cpu"
+    if target is not None:  # jax's CUDA plugin registers without a driver
+        env.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+    elif device == "gpu":
+        # jax already prefers a GPU when it has one; here we only refuse to fall back to the CPU.
+        import jax
+
+        try:
+            jax.devices("gpu")
+        except Exception:  # jax raises RuntimeError, or asserts when every backend is filtered out
+            raise ValueError(
+                "device 'gpu' requested but jax sees no GPU (install the CUDA build: make install where "
+                "nvidia-smi works, or pip install 'bptt-cli[gpu]'); allowed here: auto, cpu"
+            ) from None
+    return Placement(n, why, ours and count is None, target)

@@ -164,6 +164,39 @@ def plan(
 
 
 @dataclass(frozen=True)
+class Plan:
+    """What a grid still needs, made once (``runner.plan_runs``) and handed down to whatever
+    shows, counts, compiles or trains it: in one process or split over a pool of workers.
+
+    Attributes:
+      programs: the programs to train, in order.
+      complete: the runs found complete when the plan was made (an unlocked look: a worker
+        checks each run again once it has claimed it).
+    """
+
+    programs: tuple[Program, ...]
+    complete: tuple[RunSpec, ...] = ()
+
+    @property
+    def runs(self) -> list[RunSpec]:
+        """The runs to train."""
+        return [spec for program in self.programs for spec in program.runs]
+
+    @property
+    def run_epochs(self) -> int:
+        """Run-epochs to train (epochs left times seeds, summed over the runs)."""
+        return sum((p.epochs - p.start_epoch) * len(spec.seeds) for p in self.programs for spec in p.runs)
+
+    def rotated(self, first: int) -> Plan:
+        """The same plan starting at program ``first`` (wrapping around), so that workers sharing
+        a grid start on different programs."""
+        if not self.programs:
+            return self
+        k = first % len(self.programs)
+        return Plan(self.programs[k:] + self.programs[:k], self.complete)
+
+
+@dataclass(frozen=True)
 class RowLayout:
     """A program's vmapped axis: each run's seeds in turn, then filler rows (copies of the last
     row, never committed) up to a multiple of the device count, so the axis shards evenly.

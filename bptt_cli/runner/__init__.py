@@ -28,12 +28,24 @@ import numpy as np
 
 from bptt_cli import problems, results
 from bptt_cli.core import devices
-from bptt_cli.core.plan import MAX_CHUNK, Chunk, Program, plan
+from bptt_cli.core.plan import MAX_CHUNK, Chunk, Plan, Program, plan
 from bptt_cli.core.spec import RunSpec
 from bptt_cli.runner.build import Built, ProgramCache, build, numerics, prepare
 from bptt_cli.runner.execute import execute
 
-__all__ = ["Built", "ProgramCache", "Progress", "Report", "build", "execute", "pending_work", "run"]
+__all__ = [
+    "Built",
+    "Plan",
+    "ProgramCache",
+    "Progress",
+    "Report",
+    "build",
+    "execute",
+    "group",
+    "pending_work",
+    "plan_runs",
+    "run",
+]
 
 
 @dataclass
@@ -86,36 +98,49 @@ def pending_work(specs: list[RunSpec], out: Path, force: bool = False) -> list[t
     return work
 
 
+def group(work: list[tuple[RunSpec, int]], profile: devices.Profile) -> list[Program]:
+    """The one place runs are grouped into programs (``core.plan.plan`` on the problem registry).
+
+    :func:`plan_runs` calls it once for a grid's plan. A worker calls it again on what it has
+    just claimed, for two reasons the plan could not know: another worker may have moved a
+    claimed run on since the plan was made (it resumes at another epoch, or is complete), and
+    a claimed run's checkpoint is checked against the training state of the program it resumes
+    in, which takes the resumed runs grouped alone."""
+    return plan(work, profile, problems.get)
+
+
+def plan_runs(specs: list[RunSpec], out: Path, profile: devices.Profile, force: bool = False) -> Plan:
+    """The plan of ``specs`` under ``out``: the programs still to train (every run with
+    ``force``), and the runs found complete."""
+    work = pending_work(specs, out, force)
+    waiting = {spec.run_id for spec, _ in work}
+    return Plan(tuple(group(work, profile)), tuple(s for s in specs if s.run_id not in waiting))
+
+
 def run(
-    specs: list[RunSpec],
+    grid: list[RunSpec] | Plan,
     out: Path,
     force: bool = False,
     profile: devices.Profile | None = None,
     progress: ProgressFn | None = None,
     cache: ProgramCache | None = None,
-    rotate: int = 0,
 ) -> Report:
-    """Train every run in ``specs`` under ``out`` that no other worker is training: skip finished
-    ones (unless ``force``), resume interrupted ones, leave locked ones to their workers.
-    ``rotate`` starts at that program of the plan (and wraps around), so that workers sharing a
-    grid start on different programs."""
+    """Train every run of ``grid`` (runs, or their plan from :func:`plan_runs` with the same
+    ``force`` and profile) under ``out`` that no other worker is training: skip finished ones
+    (unless ``force``), resume interrupted ones, leave locked ones to their workers."""
     profile = profile or devices.current()
     started = time.perf_counter()
     report = Report()
-    for spec in specs:  # refuse foreign or unreadable lock files before anything is written
+    the_plan = grid if isinstance(grid, Plan) else plan_runs(grid, out, profile, force)
+    for spec in [*the_plan.complete, *the_plan.runs]:  # refuse foreign or unreadable lock files first
         results.check_lock_file(results.RunFiles.of(out / spec.experiment, spec.run_id).lock)
-    work = pending_work(specs, out, force)
-    waiting = {spec.run_id for spec, _ in work}
-    for spec in specs:
-        if spec.run_id not in waiting:
-            results.settle_finished(spec, out)
-            report.found_complete.append(spec.run_id)
-    if work:
-        session = _Session(out, profile, report, cache or ProgramCache(), force, progress, work)
+    for spec in the_plan.complete:
+        results.settle_finished(spec, out)
+        report.found_complete.append(spec.run_id)
+    if the_plan.programs:
+        session = _Session(out, profile, report, cache or ProgramCache(), force, progress, the_plan)
         with _interrupt() as interrupt:  # numeric settings: build.numerics, per program
-            programs = plan(work, profile, problems.get)
-            first = rotate % len(programs)
-            session.train(programs[first:] + programs[:first], interrupt)
+            session.train(list(the_plan.programs), interrupt)
     report.wall_seconds = time.perf_counter() - started
     return report
 
@@ -134,11 +159,11 @@ class _Job:
 class _Session:
     """One ``run`` call: claims, progress."""
 
-    def __init__(self, out, profile, report, cache, force, progress, work) -> None:
+    def __init__(self, out, profile, report, cache, force, progress, the_plan: Plan) -> None:
         self.out, self.profile, self.report, self.cache, self.force = out, profile, report, cache, force
         self.progress = progress
-        self.total = sum((spec.epochs - start) * len(spec.seeds) for spec, start in work)
-        self.runs_total = len(work)
+        self.total = the_plan.run_epochs
+        self.runs_total = len(the_plan.runs)
         self.done = 0
         self.started = time.time()  # --force recomputes only results older than this
         self.locks: dict[str, results.RunLock] = {}
@@ -192,7 +217,7 @@ class _Session:
             elif files.exist():
                 files.remove()  # started, but no epoch committed: nothing to keep
             work.append((spec, state.start))
-        return plan(work, self.profile, problems.get)
+        return group(work, self.profile)
 
     def _fit_checkpoints(self, claimed: dict[str, tuple[RunSpec, results.RunState]]) -> None:
         """Check each checkpoint resumed from against the training state of the program it
@@ -201,9 +226,7 @@ class _Session:
         while True:
             work = [(spec, state.start) for spec, state in claimed.values() if not state.complete]
             changed = False
-            for part in plan(
-                [(spec, start) for spec, start in work if start > 0], self.profile, problems.get
-            ):
+            for part in group([(spec, start) for spec, start in work if start > 0], self.profile):
                 fits = partial(_fits, self._state_shapes(part))
                 for spec in part.runs:
                     state = results.inspect_run(spec, self.out / spec.experiment, fits)

@@ -1,6 +1,6 @@
-"""The run command's checks of its input and environment, each ending as one ``UserError``
-line (exit code 2) before anything is written: device counts and devices, output folders, lock
-files, shards, a problem's contract; and how many worker processes this machine runs."""
+"""The checks of a run's input and environment, each raising one ``UserError`` line (the
+command line's exit code 2) before anything is written: output folders, lock files, shards, a
+GPU target, a problem's contract."""
 
 from __future__ import annotations
 
@@ -11,40 +11,8 @@ from bptt_cli.config import UserError
 from bptt_cli.results import LockError
 
 
-def set_cpu_devices(requested: int | None) -> tuple[int, str, bool]:
-    """Give jax two CPU devices per usable core (or the count asked for), and XLA's intra-op pool
-    a thread more than it would take (``devices.intra_op_threads``: else jaxlib's LAPACK kernels
-    can deadlock a program on every device), before jax is imported: both are read when jax
-    starts. Returns the count, why, and whether we chose it (then programs fit their device
-    count to their rows: ``fit_profile``)."""
-    from bptt_cli.core import devices
-
-    cores = devices.usable_cores()
-    try:
-        count, why, ours = devices.cpu_devices(os.environ, cores, requested)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    if ours:
-        os.environ["JAX_NUM_CPU_DEVICES"] = str(count)
-    os.environ["NPROC"] = str(devices.intra_op_threads(cores, count))
-    return count, why, ours and requested is None
-
-
-def fit_profile(profile, cpu_devices: tuple[int, str, bool]):
-    """On a CPU whose device count we chose, programs take the devices that split their rows
-    best on this process's cores (``devices.fit_devices``); an explicit count is used as given."""
-    from dataclasses import replace
-
-    from bptt_cli.core import devices
-
-    if profile.platform != "cpu" or not cpu_devices[2]:
-        return profile
-    return replace(profile, fit_cores=devices.usable_cores())
-
-
 def check_target(target: str, dry_run: bool) -> None:
-    """A GPU to compile for (``--target``): a known name, with ``--dry-run``. Before jax starts:
-    jax then computes on the CPU, and its CUDA plugin registers without a driver."""
+    """A GPU to compile for (``--target``): a known name, with ``--dry-run``."""
     from bptt_cli.runner import aot
 
     if target not in aot.TARGETS:
@@ -53,25 +21,6 @@ def check_target(target: str, dry_run: bool) -> None:
         raise UserError(
             f"--target {target} compiles for a GPU without running anything; use it with --dry-run"
         )
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
-
-
-def select_device(device: str) -> None:
-    """Must run before jax is imported by anything: JAX_PLATFORMS is read at start-up."""
-    if device == "cpu":
-        os.environ["JAX_PLATFORMS"] = "cpu"
-    elif device == "gpu":
-        # jax already prefers a GPU when it has one; here we only refuse to fall back to the CPU.
-        import jax
-
-        try:
-            jax.devices("gpu")
-        except Exception:  # jax raises RuntimeError, or asserts when every backend is filtered out
-            raise UserError(
-                "device 'gpu' requested but jax sees no GPU (install the CUDA build: make install where nvidia-smi works, or pip install 'bptt-cli[gpu]'); "
-                "allowed here: auto, cpu"
-            ) from None
 
 
 def check_out(folder: Path, locks: bool = True) -> None:
@@ -170,20 +119,3 @@ def _trace_key(spec, problem) -> tuple:
     """Runs whose transformations one abstract trace checks: a level that is not static is
     traced, so one trace serves every level."""
     return (spec.problem_ref, spec.level if problem.level_is_static else None, spec.options)
-
-
-def n_workers(asked: int | None, profile, cpu_devices, specs, out: Path) -> int:
-    """Worker processes for this machine: as asked (at most one per usable core), else on a CPU
-    whose device count we chose one per core, at most one per program; else 1."""
-    from bptt_cli import problems, runner
-    from bptt_cli.core import devices, plan
-
-    if asked is not None and asked < 1:
-        raise UserError(f"invalid workers {asked}; allowed: a positive integer")
-    cores = devices.usable_cores()
-    if asked is not None:
-        return min(asked, cores)
-    if profile.platform != "cpu" or not cpu_devices[2]:
-        return 1
-    programs = plan.plan(runner.pending_work(specs, out), profile, problems.get)
-    return max(1, min(cores, len(programs)))
