@@ -22,7 +22,12 @@ README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 APPS = {"bptt-run": run_app, "bptt-plot": plot_app}
 # Options of other programs the docs mention, each with its program.
-FOREIGN_OPTIONS = {"--cpus-per-task": "sbatch", "--dependency": "sbatch", "--export": "sbatch"}
+FOREIGN_OPTIONS = {
+    "--cpus-per-task": "sbatch",
+    "--dependency": "sbatch",
+    "--export": "sbatch",
+    "--logdir": "tensorboard",
+}
 SHELL_BLOCKS = ("bash", "sh", "shell", "console")
 
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```", re.S | re.M)

@@ -97,6 +97,33 @@ def run(
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path("results"),
+    tensorboard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="on|off|DIR",
+            help="TensorBoard event files of every run, written while it trains: on (beside each "
+            "run's CSV, in <run_id>.tb/), off, or a folder DIR (DIR/<experiment>/<run_id>/) "
+            "[default: $BPTT_TENSORBOARD, else on].",
+        ),
+    ] = None,
+    wandb: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PROJECT",
+            help="Also log every run to this Weights & Biases project (one W&B run per run, grouped "
+            "by experiment; WANDB_MODE=offline works without a network). Needs pip install "
+            "'bptt-cli[wandb]'.",
+        ),
+    ] = None,
+    compile_cache: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DIR|off",
+            help="Keep compiled programs in DIR for later runs, resumed runs, workers and SLURM tasks "
+            "(jax's persistent compilation cache), or off [default: $BPTT_COMPILE_CACHE, else "
+            "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/bptt-cli/jax].",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute runs that are already complete.")] = False,
     device: Annotated[str, typer.Option(help="auto (GPU when jax sees one), cpu or gpu.")] = "auto",
     devices_count: Annotated[
@@ -174,6 +201,7 @@ def run(
             "missing experiment; give a built-in name (see bptt-run --list) or a path to a .toml file"
         )
 
+    _logging_and_cache(out, tensorboard, wandb, compile_cache)
     exp = config.load(experiment)
     if exp.problem == "toy":
         _run_toy(exp, out, force)
@@ -328,6 +356,58 @@ def _publish(results_dir: Path, dest: Path) -> None:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+
+def _logging_and_cache(
+    out: Path, tensorboard: str | None, wandb: str | None, compile_cache: str | None
+) -> None:
+    """``--tensorboard``, ``--wandb`` and ``--compile-cache``, checked (one line and exit code 2
+    for a folder that cannot be written, or W&B not installed) and put into the environment,
+    which a pool's workers and SLURM tasks inherit, before anything is written or compiled."""
+    import os
+
+    from bptt_cli.core import compile_cache as cache
+    from bptt_cli.results import check_writable, tracking
+
+    where = tracking.tensorboard_setting(tensorboard or os.environ.get(tracking.TENSORBOARD_VARIABLE) or "on")
+    if where not in (tracking.ON, tracking.OFF):
+        try:
+            check_writable(Path(where))
+        except PermissionError as err:
+            raise UserError(
+                f"TensorBoard folder {where!r} is not writable ({err} is not a writable folder); "
+                "allowed: on, off or a writable folder"
+            ) from None
+    if wandb:
+        missing = tracking.wandb_missing()
+        if missing:
+            raise UserError(missing)
+        wandb_dir = os.environ.get("WANDB_DIR") or "."
+        try:
+            check_writable(Path(wandb_dir))
+        except PermissionError as err:
+            raise UserError(
+                f"W&B folder {wandb_dir!r} is not writable ({err} is not a writable folder); allowed: "
+                "a writable WANDB_DIR"
+            ) from None
+        os.environ[tracking.WANDB_VARIABLE] = wandb
+    os.environ[tracking.TENSORBOARD_VARIABLE] = where
+    folder, why = cache.resolve(compile_cache)
+    try:
+        cache.check(folder)
+    except PermissionError as err:
+        if why != "default":
+            raise UserError(
+                f"compilation cache folder {str(folder)!r} cannot be written ({err}); allowed: a "
+                "writable folder, or off"
+            ) from None
+        err_console.print(
+            f"bptt-run: warning: compilation cache off: {str(folder)!r} cannot be written ({err})",
+            markup=False,
+        )
+        folder = None
+    os.environ[cache.VARIABLE] = str(folder) if folder is not None else cache.OFF
+    cache.use(folder)  # and a damaged entry said in one line
 
 
 def _run_toy(exp, out: Path, force: bool) -> None:

@@ -20,6 +20,7 @@ is written in its place.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -74,8 +75,11 @@ def use(folder: Path | str | None = "environment") -> Path | None:
     the folder in use (None: off). With the default, the folder comes from the environment
     (:func:`resolve`), unless the process configured jax's cache itself (a test session, a
     user's script), which is then kept. Programs of any compile time are cached: reading one
-    back takes milliseconds."""
+    back takes milliseconds. A damaged entry is said in one line on stderr (:func:`on_damaged_entry`,
+    unless the caller chose how first)."""
     import jax
+
+    on_damaged_entry(lambda line: print(f"bptt-run: warning: {line}", file=sys.stderr, flush=True))
 
     with _lock:
         if _applied:

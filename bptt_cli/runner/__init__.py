@@ -299,7 +299,8 @@ class _Session:
             program.problem,
             job.test_loss,
             f"{program.describe()}: trained in {time.time() - job.started:.0f} s "
-            f"(compile {job.built.compile_seconds:.1f} s), median final test loss {job.test_loss:.4g}",
+            f"(trace {job.built.trace_seconds:.1f} s, compile {job.built.compile_seconds:.1f} s), "
+            f"median final test loss {job.test_loss:.4g}",
         )
 
     def _tell(self, status: str, test_loss: float | None = None, line: str | None = None) -> None:
