@@ -55,8 +55,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 GRID_KEYS = ("levels", "flows", "clips")
 TOP_KEYS = {"problem", "description", "grid", "train", "options", "summary", "scales", "diagnostics"}
 DIAGNOSTICS_KEYS = ("enabled", "epochs")
-DIAGNOSED_EPOCHS = (0, 1, 10, 100, 1000)
-NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # an experiment's name: its results folder  # docs/model.md §14: those within the run
+DIAGNOSED_EPOCHS = (0, 1, 10, 100, 1000)  # docs/model.md §14: those within the run
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # an experiment's name: its results folder
 
 
 class UserError(Exception):

@@ -97,7 +97,6 @@ def run_pool(
     one, and merge what they did. ``progress(done, total)`` is called with run-epochs while they
     work (read from the runs' sidecars). The runs found complete are settled by the first."""
     groups = core_groups(list(os.sched_getaffinity(0)), n_workers)
-    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}  # each counts its cores
     pool: list[tuple[subprocess.Popen, Path]] = []
     specs = plan.runs
     with tempfile.TemporaryDirectory(prefix="bptt-workers-") as folder, _forwarding(pool):
@@ -113,7 +112,7 @@ def run_pool(
                 outcome=Path(folder) / f"worker-{k}.json",
             )
             child = subprocess.Popen(
-                [sys.executable, "-m", "bptt_cli.workers"], stdin=subprocess.PIPE, env=env, process_group=0
+                [sys.executable, "-m", "bptt_cli.workers"], stdin=subprocess.PIPE, process_group=0
             )
             pool.append((child, job.outcome))
             child.stdin.write(pickle.dumps(job))
@@ -206,7 +205,9 @@ def work(job: Job) -> int:
         if not _leave(job.outcome, {"error": str(err)}):
             print(f"bptt-run: error: {err}", file=sys.stderr)
         return ERROR
-    _leave(job.outcome, {name: getattr(report, name) for name in ("trained", "found_complete", "left_to_others")})
+    _leave(
+        job.outcome, {name: getattr(report, name) for name in ("trained", "found_complete", "left_to_others")}
+    )
     return INTERRUPTED if report.interrupted else 0
 
 

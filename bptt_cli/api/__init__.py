@@ -150,9 +150,7 @@ def _definition(definition, name: str) -> config.Experiment:
         return config.from_mapping(definition, name)
     if isinstance(definition, str | Path):
         return config.load(str(definition))
-    raise UserError(
-        f"invalid definition {definition!r}; allowed: a built-in name, a .toml path or a mapping"
-    )
+    raise UserError(f"invalid definition {definition!r}; allowed: a built-in name, a .toml path or a mapping")
 
 
 def check(the_grid: Grid, out: Path) -> list[str]:
@@ -219,7 +217,7 @@ def train(
         if progress is not None:
             progress(runner.Progress(done, total, 0, 0, f"{workers} workers"))
 
-    merged = pool.run_pool(the_plan, out, workers, force=force, grouping=grouping, progress=tell)
+    merged = pool.run_pool(the_plan, out, workers, force=force, grouping=grouping.lower(), progress=tell)
     if merged.errors:  # a full disk: said once, however many workers met it
         raise UserError("; ".join(merged.errors))
     if merged.failed:
@@ -318,7 +316,9 @@ def load(folder: str | Path, runs: Sequence[str] | None = None) -> Results:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"results folder {str(folder)!r} does not exist; allowed: a folder of bptt-run results")
+        raise UserError(
+            f"results folder {str(folder)!r} does not exist; allowed: a folder of bptt-run results"
+        )
     frames = []
     for kind in ("metrics", "diagnostics"):
         frame = read_results(folder, kind)

@@ -208,6 +208,7 @@ def run(
         return
     if grouping.lower() not in GROUPINGS:
         raise UserError(f"unknown grouping {grouping!r}; allowed: {', '.join(GROUPINGS)}")
+    grouping = grouping.lower()
     grid = api.grid(
         exp,
         scale,
@@ -228,7 +229,7 @@ def run(
     )
     for warning in api.check(grid, out):
         err_console.print(f"bptt-run: warning: {warning}", markup=False)
-    profile = placement.profile(grouping.lower())
+    profile = placement.profile(grouping)
     plan = api.plan(grid, out, profile, force)
     if target is not None:
         show.print_plan(grid, out, None, 1)
@@ -244,7 +245,7 @@ def run(
     try:
         with show.progress_bar() as progress:
             report = api.train(
-                plan, out, profile, workers=n_workers, grouping=grouping.lower(), force=force, progress=progress
+                plan, out, profile, workers=n_workers, grouping=grouping, force=force, progress=progress
             )
     except api.WorkerError as err:
         err_console.print(f"bptt-run: {err}", markup=False)

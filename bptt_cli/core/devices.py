@@ -241,17 +241,20 @@ def configure(
     of ``--target``, ``make bench``) then goes through ``runner.build.numerics`` for its numbers.
 
     ``cores`` first pins the process to those cores (a pool's worker: its devices are then
-    those cores). The CPU device count is ``cpu_devices``'; XLA's intra-op pool gets a spare
-    thread (``intra_op_threads``). ``device`` ``"cpu"`` (or a ``target``, compiled for without a
-    GPU) keeps jax off any GPU; ``"gpu"`` refuses to fall back to the CPU. Raises ValueError,
-    naming the bad value and what is allowed, for a device or a count that cannot be.
+    those cores, whatever count its parent had). The CPU device count is ``cpu_devices``';
+    XLA's intra-op pool gets a spare thread (``intra_op_threads``). ``device`` ``"cpu"`` (or a
+    ``target``, compiled for without a GPU) keeps jax off any GPU; ``"gpu"`` refuses to fall
+    back to the CPU. Raises ValueError, naming the bad value and what is allowed, for a device
+    or a count that cannot be.
     """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    inherited = env
     if cores:
         os.sched_setaffinity(0, cores)
+        inherited = {k: v for k, v in env.items() if k != "JAX_NUM_CPU_DEVICES"}  # the parent's count
     n_cores = usable_cores()
-    n, why, ours = cpu_devices(env, n_cores, count)
+    n, why, ours = cpu_devices(inherited, n_cores, count)
     if ours:
         env["JAX_NUM_CPU_DEVICES"] = str(n)
     env["NPROC"] = str(intra_op_threads(n_cores, n))
