@@ -195,7 +195,8 @@ def work(job: Job) -> int:
         return 1  # the parent died before the line above took effect
     from bptt_cli.core import devices
 
-    profile = devices.configure("auto", cores=job.cores).profile(job.grouping)
+    rows = max((program.rows for program in job.plan.programs), default=1)
+    profile = devices.configure("auto", cores=job.cores, rows=rows).profile(job.grouping)
     from bptt_cli import runner
     from bptt_cli.results import DiskError, LockError
 

@@ -60,6 +60,32 @@ def test_a_program_takes_the_devices_that_split_its_rows_best(rows, available, c
     )
 
 
+@pytest.mark.parametrize(
+    ("rows", "cores", "count", "threads"),
+    [
+        (1, 2, 1, 2),  # one row: one device and XLA's own pool, as before every core was used
+        (2, 2, 2, 3),  # as many devices as cores: a spare thread for LAPACK's blocked one
+        (3, 2, 3, 4),
+        (9, 2, 3, 4),  # 3 rows a device
+        (48, 2, 2, 3),  # 24 rows a core on 2 or 4 devices: the fewer
+        (1, 8, 1, 8),
+        (5, 1, 1, 2),  # a single core has one device
+    ],
+)
+def test_a_process_takes_the_devices_its_widest_program_uses(rows, cores, count, threads):
+    got, _, ours = devices.cpu_devices({}, cores, rows=rows)
+    assert (got, ours) == (count, True)
+    assert got == devices.fit_devices(rows, 2 * cores if cores > 1 else 1, cores)
+    assert devices.intra_op_threads(cores, got) == threads
+    assert devices.intra_op_threads(cores, got) > min(got, rows)  # a thread free of LAPACK's blocks
+
+
+def test_a_process_without_its_rows_known_takes_two_devices_per_core():
+    assert devices.cpu_devices({}, 2)[0] == 4
+    assert devices.intra_op_threads(2, 4) == 5
+    assert devices.cpu_devices({"JAX_NUM_CPU_DEVICES": "6"}, 2, rows=1)[0] == 6  # the user's count wins
+
+
 def test_rows_per_core():
     assert devices.rows_per_core(9, 2, 2) == 5  # one filler row
     assert devices.rows_per_core(9, 3, 2) == 4.5
@@ -85,9 +111,10 @@ def bptt_run_on_two_cores(*args, cwd, cache) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_default_devices_split_rows_evenly_with_the_same_results(tmp_path, jax_cache, capsys):
-    """One process on 2 cores with the default device count (4): a program of 3 rows (one clip
-    x 3 seeds) is sharded over 3 devices, one row each, not over 2 with a filler row, and its
-    metrics equal those of one device (the same command with --devices 1, in this process)."""
+    """One process on 2 cores with the default device count: a program of 3 rows (one clip x 3
+    seeds) takes 3 devices, one row each (not 2 with a filler row, nor a fourth it would not
+    use), and its metrics equal those of one device (the same command with --devices 1, in this
+    process)."""
     path = definition(tmp_path, epochs=2, seeds=3, diagnostics=False)
     grid = (path, "--flow", "R", "--clip", "NORM")  # one run (every flow is sharded alike)
     one = here("bptt-run", *grid, "--out", tmp_path / "1", "--devices", "1", capsys=capsys, cwd=tmp_path)
@@ -96,7 +123,7 @@ def test_default_devices_split_rows_evenly_with_the_same_results(tmp_path, jax_c
         *grid, "--out", tmp_path / "default", "--workers", "1", cwd=tmp_path, cache=jax_cache
     )
     assert result.returncode == 0, result.stderr
-    assert "4 CPU device(s): two per usable core (2)" in result.stderr, result.stderr
+    assert "3 CPU device(s): those 3 row(s) use on 2 usable cores" in result.stderr, result.stderr
     for label, n_devices in (("1", 1), ("default", 3)):
         (meta,) = [json.loads(p.read_text()) for p in (tmp_path / label / "tiny").glob("*.json")]
         assert len(meta["devices"]) == n_devices, meta["devices"]

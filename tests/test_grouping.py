@@ -115,6 +115,24 @@ def test_plan_groups_by_device_layout(specs):
     assert not plan.plan(no_c, WIDE, problems.get)[0].pair
 
 
+def test_auto_lays_a_cpu_grid_out_wide_only_where_compiling_is_its_time():
+    def layout(platform, steps):
+        p = devices.profile(platform, "auto", steps)
+        return (p.merge_flows, p.pad_levels)
+
+    assert layout("cpu", None) == (False, False)  # paper scale: a program per flow and shape
+    assert layout("cpu", devices.TINY_STEPS + 1) == (False, False)
+    assert layout("cpu", devices.TINY_STEPS) == (True, True)  # a smoke test: one program
+    assert layout("gpu", 10**6) == (True, True)
+    assert (
+        devices.profile("cpu", "narrow", 4).merge_flows,
+        devices.profile("cpu", "wide", 10**6).merge_flows,
+    ) == (
+        False,
+        True,
+    )  # an explicit grouping wins
+
+
 def test_shard_parsing_and_slurm_defaults():
     assert plan.parse_shard("2/4") == (2, 4)
     for bad in ("0/2", "3/2", "a/b", "2", "1/0", "-1/3"):

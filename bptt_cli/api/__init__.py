@@ -85,14 +85,27 @@ class Grid:
 
         return shard(self.specs, *self.share) if self.share else self.specs
 
+    @property
+    def rows(self) -> int:
+        """The rows of this process's runs: no program of them is wider."""
+        return sum(len(spec.seeds) for spec in self.mine)
 
-def place(device: str = "auto", devices: int | None = None, target: str | None = None) -> policy.Placement:
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of this process's longest run."""
+        return max((s.epochs * (s.n_data // s.batch_size) for s in self.mine), default=0)
+
+
+def place(
+    device: str = "auto", devices: int | None = None, target: str | None = None, the_grid: Grid | None = None
+) -> policy.Placement:
     """Where this process computes (``core.devices.configure``): ``device`` ``"auto"``,
-    ``"cpu"`` or ``"gpu"``; ``devices`` jax CPU devices (default: two per usable core); a
-    ``target`` GPU to compile for without one. Device counts take effect only where jax has not
-    been imported yet in this process (jax reads them once); workers are fresh processes."""
+    ``"cpu"`` or ``"gpu"``; ``devices`` jax CPU devices (default: two per usable core, or only
+    those the widest program of ``the_grid`` uses); a ``target`` GPU to compile for without one.
+    Device counts take effect only where jax has not started a backend yet in this process (it
+    reads them once); workers are fresh processes."""
     try:
-        return policy.configure(device, devices, target=target)
+        return policy.configure(device, devices, target=target, rows=the_grid.rows if the_grid else None)
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -273,7 +286,6 @@ def run(
     if grouping.lower() not in policy.GROUPINGS:
         raise UserError(f"unknown grouping {grouping!r}; allowed: {', '.join(policy.GROUPINGS)}")
     _check_workers(workers)
-    placement = place(device.lower(), devices)
     the_grid = grid(
         definition,
         scale,
@@ -293,9 +305,10 @@ def run(
         diagnostics=diagnostics,
         shard=shard,
     )
+    placement = place(device.lower(), devices, the_grid=the_grid)
     out = Path(out)
     check(the_grid, out)
-    profile = placement.profile(grouping.lower())
+    profile = placement.profile(grouping.lower(), the_grid.steps)
     the_plan = plan(the_grid, out, profile, force)
     count = n_workers(workers, placement, profile, the_plan)
     report: runner.Report = train(

@@ -45,7 +45,10 @@ def run(
     flow: Annotated[
         list[str] | None,
         typer.Option(
-            "--flow", "-f", metavar="FLOW", help="Gradient flow: R, M, S, C, T<k> or one registered in Python; repeat for several."
+            "--flow",
+            "-f",
+            metavar="FLOW",
+            help="Gradient flow: R, M, S, C, T<k> or one registered in Python; repeat for several.",
         ),
     ] = None,
     clip: Annotated[
@@ -189,12 +192,13 @@ def run(
 ) -> None:
     if target is not None:
         api.checks.check_target(target, dry_run)
-    placement = api.place(device.lower(), devices_count, target)
+    if device.lower() not in api.policy.DEVICES:
+        raise UserError(f"unknown device {device!r}; allowed: {', '.join(api.policy.DEVICES)}")
     if list_:
         show.print_list()
         return
     if info:
-        show.print_info(placement)
+        show.print_info(api.place(device.lower(), devices_count, target))
         return
     if experiment is None:
         raise UserError(
@@ -204,6 +208,7 @@ def run(
     _logging_and_cache(out, tensorboard, wandb, compile_cache)
     exp = config.load(experiment)
     if exp.problem == "toy":
+        api.place(device.lower(), devices_count, target)
         _run_toy(exp, out, force)
         return
     if grouping.lower() not in GROUPINGS:
@@ -227,9 +232,10 @@ def run(
         diagnostics=diagnostics,
         shard=shard,
     )
+    placement = api.place(device.lower(), devices_count, target, grid)
     for warning in api.check(grid, out):
         err_console.print(f"bptt-run: warning: {warning}", markup=False)
-    profile = placement.profile(grouping)
+    profile = placement.profile(grouping, grid.steps)
     plan = api.plan(grid, out, profile, force)
     if target is not None:
         show.print_plan(grid, out, None, 1)
@@ -299,7 +305,9 @@ def plot(
         _publish(results_dir, publish)
         return
     if against is not None and not against.is_dir():
-        raise UserError(f"published folder {str(against)!r} does not exist; allowed: a folder of bptt-run results")
+        raise UserError(
+            f"published folder {str(against)!r} does not exist; allowed: a folder of bptt-run results"
+        )
     figures = out or results_dir / "figures"
     api.checks.check_out(figures, locks=False)
     comparison = _comparison(results_dir, against) if against is not None else None

@@ -85,11 +85,20 @@ PROFILES = {
 }
 
 
-def profile(platform: str, grouping: str = "auto") -> Profile:
+# Optimizer steps of the longest run up to which "auto" lays a CPU grid out wide: compiling
+# then costs more than training. `bptt-run cartpole --scale smoke` (4 epochs of 4 steps, eight
+# programs narrow, one wide) took 113 s narrow and 58 s wide on the loaded 2-core machine; a
+# narrow cart-pole program compiles in 5-10 s, about what 500 of its steps cost to train.
+TINY_STEPS = 256
+
+
+def profile(platform: str, grouping: str = "auto", steps: int | None = None) -> Profile:
     """The profile for a jax platform (``"cpu"``, ``"gpu"``/``"cuda"``/``"rocm"``, ...).
 
     ``grouping`` overrides the program layout: ``"narrow"`` is one program per flow and shape
-    (the CPU layout), ``"wide"`` merges flows and pads levels (the GPU layout). The
+    (the CPU layout), ``"wide"`` merges flows and pads levels (the GPU layout); ``"auto"`` is
+    the platform's, except that a CPU grid whose longest run takes at most ``TINY_STEPS``
+    optimizer ``steps`` (a smoke test) is laid out wide: its time is compiling. The
     environment variables ``BPTT_UNROLL`` (an integer) and ``BPTT_COMPILER_OPTIONS`` (a JSON
     object of XLA options) override the compile settings, for measuring alternatives.
     """
@@ -97,6 +106,8 @@ def profile(platform: str, grouping: str = "auto") -> Profile:
         raise ValueError(f"unknown grouping {grouping!r}; allowed: {', '.join(GROUPINGS)}")
     base = PROFILES["cpu" if platform == "cpu" else "gpu"]
     base = replace(base, platform=platform)
+    if grouping == "auto" and platform == "cpu" and steps is not None and steps <= TINY_STEPS:
+        grouping = "wide"
     if grouping != "auto":
         wide = grouping == "wide"
         base = replace(base, merge_flows=wide, pad_levels=wide)
@@ -144,7 +155,9 @@ def program_load(profile: Profile, rows: int, cores: int, available: int | None 
     return used, rows_per_core(rows, used, cores)
 
 
-def cpu_devices(env: Mapping[str, str], cores: int, requested: int | None = None) -> tuple[int, str, bool]:
+def cpu_devices(
+    env: Mapping[str, str], cores: int, requested: int | None = None, rows: int | None = None
+) -> tuple[int, str, bool]:
     """How many jax CPU devices a process should have: ``(count, why, set_by_us)``.
 
     An explicit ``requested`` count wins; then a count the user gave jax (``JAX_NUM_CPU_DEVICES``,
@@ -152,7 +165,13 @@ def cpu_devices(env: Mapping[str, str], cores: int, requested: int | None = None
     core (one on a single core), so that programs and rows spread over every core (XLA gives a
     process one CPU device, and this project's programs are too small for its intra-op threads
     to use a second core), and a program can take the count that splits its rows evenly
-    (``fit_devices``). Raises ValueError for a count that is not a positive integer.
+    (``fit_devices``). Where the widest program the process may run is known to have at most
+    ``rows`` rows, it gets only the devices such a program uses: a one-row program's process
+    has one device, as before every core was used. Devices a process has but its program does
+    not use are not free: a one-row quantum program spent 7-15 % more CPU time per epoch in a
+    process of four devices than in one of one (XLA's CPU client with several devices), and
+    more wall time on a loaded machine (issue 33). Raises ValueError for a count that is not a
+    positive integer.
     """
     if requested is not None:
         if requested < 1:
@@ -165,20 +184,25 @@ def cpu_devices(env: Mapping[str, str], cores: int, requested: int | None = None
         return _positive(match.group(1), "XLA_FLAGS device count"), "XLA_FLAGS", False
     if cores == 1:
         return 1, "one per usable core (1)", True
+    if rows is not None:
+        count = fit_devices(rows, 2 * cores, cores)
+        return count, f"those {rows} row(s) use on {cores} usable cores", True
     return 2 * cores, f"two per usable core ({cores}); each program uses those that split its rows best", True
 
 
 def intra_op_threads(cores: int, count: int) -> int:
     """Threads to give XLA's CPU intra-op pool in a process of ``count`` CPU devices on ``cores``
-    usable cores: one more than XLA's own choice, ``max(cores, count)``.
+    usable cores: ``max(cores, count + 1)``, XLA's own choice (the cores) unless the devices
+    would take every thread.
 
     jaxlib's LAPACK kernels (quantum's tridiagonal solve, the diagnostics' SVD) split a batch
     over that pool and block one of its threads until the parts are done. A program sharded over
     as many devices as the pool has threads can block every thread at once, and then nothing
     runs the parts: ``--devices 2`` on two cores hung quantum at paper scale, every time. With
-    a spare thread some thread is always free to run them. XLA takes the pool's size from the
-    environment variable ``NPROC`` where it is set (else the usable cores)."""
-    return max(cores, count) + 1
+    a spare thread some thread is always free to run them. Fewer devices than cores leave a
+    thread free already. XLA takes the pool's size from the environment variable ``NPROC`` where
+    it is set (else the usable cores)."""
+    return max(cores, count + 1)
 
 
 def _positive(text: str, name: str) -> int:
@@ -191,11 +215,11 @@ def _positive(text: str, name: str) -> int:
     return value
 
 
-def current(grouping: str = "auto") -> Profile:
+def current(grouping: str = "auto", steps: int | None = None) -> Profile:
     """The profile of jax's default backend."""
     import jax
 
-    return profile(jax.default_backend(), grouping)
+    return profile(jax.default_backend(), grouping, steps)
 
 
 # --- where this process computes: the one place that sets it ---------------------------------
@@ -220,12 +244,27 @@ class Placement:
     fit: bool
     target: str | None = None
 
-    def profile(self, grouping: str = "auto") -> Profile:
-        """The profile programs are planned and compiled with here."""
+    def profile(self, grouping: str = "auto", steps: int | None = None) -> Profile:
+        """The profile programs are planned and compiled with here, for runs of at most
+        ``steps`` optimizer steps where that is known (``profile``)."""
         if self.target is not None:
             return profile("gpu", grouping)
-        base = current(grouping)
+        base = current(grouping, steps)
         return replace(base, fit_cores=usable_cores()) if base.platform == "cpu" and self.fit else base
+
+
+def _set_jax_count(count: int) -> None:
+    """Where jax is imported already (it read ``JAX_NUM_CPU_DEVICES`` then) but has not started
+    a backend, its configuration still takes the count; a started backend keeps its devices."""
+    import sys
+
+    if "jax" not in sys.modules:
+        return
+    import jax
+    from jax._src import xla_bridge
+
+    if not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_num_cpu_devices", count)
 
 
 def configure(
@@ -234,6 +273,7 @@ def configure(
     *,
     target: str | None = None,
     cores: Sequence[int] | None = None,
+    rows: int | None = None,
     env: MutableMapping[str, str] = os.environ,
 ) -> Placement:
     """Set where this process computes, before jax starts (it reads these once, at start-up):
@@ -241,8 +281,9 @@ def configure(
     of ``--target``, ``make bench``) then goes through ``runner.build.numerics`` for its numbers.
 
     ``cores`` first pins the process to those cores (a pool's worker: its devices are then
-    those cores, whatever count its parent had). The CPU device count is ``cpu_devices``';
-    XLA's intra-op pool gets a spare thread (``intra_op_threads``). ``device`` ``"cpu"`` (or a
+    those cores, whatever count its parent had). The CPU device count is ``cpu_devices``', for
+    programs of at most ``rows`` rows where that is known; XLA's intra-op pool gets a spare
+    thread where the devices would take every one (``intra_op_threads``). ``device`` ``"cpu"`` (or a
     ``target``, compiled for without a GPU) keeps jax off any GPU; ``"gpu"`` refuses to fall
     back to the CPU. Raises ValueError, naming the bad value and what is allowed, for a device
     or a count that cannot be.
@@ -254,9 +295,10 @@ def configure(
         os.sched_setaffinity(0, cores)
         inherited = {k: v for k, v in env.items() if k != "JAX_NUM_CPU_DEVICES"}  # the parent's count
     n_cores = usable_cores()
-    n, why, ours = cpu_devices(inherited, n_cores, count)
+    n, why, ours = cpu_devices(inherited, n_cores, count, rows)
     if ours:
         env["JAX_NUM_CPU_DEVICES"] = str(n)
+        _set_jax_count(n)
     env["NPROC"] = str(intra_op_threads(n_cores, n))
     if device == "cpu" or target is not None:
         env["JAX_PLATFORMS"] = "cpu"
