@@ -28,7 +28,7 @@ GPU_VENV := .venv-gpu
 GPU_TARGETS := h100 a100
 GPU_GRIDS := $(PAPER) $(BEYOND) examples/heat/heat.toml
 
-.PHONY: install test test-slow test-all test-lowest test-newest slurm-test gpu-compile reproduce paper-norm beyond census figures quick smoke bench lint format clean
+.PHONY: install test test-slow test-all test-lowest test-newest slurm-test gpu-compile reproduce paper-norm beyond census figures quick smoke bench bench-release lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -171,6 +171,10 @@ smoke: install  ## a minute-scale check that everything runs
 
 bench: install  ## speed figures (CPU, and GPU when jax sees one); stores them for --dry-run estimates
 	$(BIN)/python bench/bench.py
+
+RELEASE ?= 0.2.0
+bench-release: install  ## only section r of make bench: this checkout against release $(RELEASE), side by side
+	$(BIN)/python bench/release.py --release $(RELEASE)
 
 lint: install
 	$(BIN)/ruff check .

@@ -14,7 +14,10 @@ Sections (compare ratios within one run: machines are noisy):
 8. every core: steady seconds per epoch of whole bptt-run commands on one jax CPU device (as
    the releases before every-core) and by default (one device per usable core, and one worker
    process per core for a grid of several programs), for a many-row program per problem and
-   for a grid of four one-row programs.
+   for a grid of four one-row programs;
+r. this checkout against a previous release (0.2.0 by default, installed from its commit into
+   .bench/ on first use): whole bptt-run commands, one-row programs of every problem and a
+   many-row grid, side by side and alternating, with the ratios (bench/release.py).
 The figures of sections 1-2 are stored for `bptt-run --dry-run` estimates.
 """
 
@@ -341,7 +344,7 @@ def section_cores(only_case: str | None = None) -> None:
             continue
         seconds = []
         for extra in ({"JAX_NUM_CPU_DEVICES": "1"}, {}):
-            env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
+            env = {**os.environ, "JAX_PLATFORMS": "cpu", "BPTT_COMPILE_CACHE": "off", **extra}
             walls = []
             for epochs in (short, long):
                 out = tempfile.mkdtemp(prefix="bptt-bench-")
@@ -361,12 +364,15 @@ def section_cores(only_case: str | None = None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=list(PROBLEMS), help="one problem only (sections 1, 2 and 4)")
-    parser.add_argument("--sections", default="123456789", help="which sections to run, e.g. 18")
+    parser.add_argument("--sections", default="123456789r", help="which sections to run, e.g. 18r")
+    parser.add_argument(
+        "--release", default="0.2.0", help="section r: the release to compare with (see bench/release.py)"
+    )
     parser.add_argument("--max-rows", type=int, default=1 << 30, help="skip row counts above this")
     parser.add_argument(
         "--gpu-sections", action="store_true", help="run the GPU-only sections on any device (to check them)"
     )
-    parser.add_argument("--case", help="section 8: only the cases whose name contains this")
+    parser.add_argument("--case", help="sections 8 and r: only the cases whose name contains this")
     args = parser.parse_args()
     device = jax.devices()[0]
     gpu = device.platform != "cpu" or args.gpu_sections
@@ -396,6 +402,10 @@ def main() -> None:
         section_launch_cost(profile)
     if "8" in args.sections and not gpu:
         section_cores(args.case)
+    if "r" in args.sections and not gpu:
+        import release
+
+        release.compare(args.release, only=args.case)
 
 
 if __name__ == "__main__":
