@@ -30,6 +30,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+# Compile times are measured: no persistent compilation cache (before the runner reads it).
+os.environ["BPTT_COMPILE_CACHE"] = "off"
+
 import jax
 import jax.numpy as jnp
 
