@@ -20,6 +20,9 @@ CACHE = Path(os.environ["BPTT_TEST_JAX_CACHE"])
 # bptt-run's own cache setting (core/compile_cache.py) points there too, never to the user's
 # cache folder; nothing is logged to Weights & Biases unless a test asks.
 os.environ["BPTT_COMPILE_CACHE"] = str(CACHE)
+# The suite's grids are tiny: keep them on the CPU layout they test (test_grouping checks the
+# layout a tiny grid gets by default).
+os.environ["BPTT_TINY_STEPS"] = "0"
 os.environ.pop("BPTT_WANDB", None)
 os.environ.pop("BPTT_TENSORBOARD", None)
 

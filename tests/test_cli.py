@@ -253,6 +253,20 @@ def test_list_shows_scales_and_seed_option_sets_the_first_seed(tmp_path, capsys)
     assert "2 program(s)" in plan.stdout and "rows" in plan.stdout
 
 
+def test_a_tiny_grid_is_one_wide_program_by_default(tmp_path, capsys, monkeypatch):
+    """Runs of a few optimizer steps (a smoke test) spend their time compiling: by default one
+    wide program; --grouping narrow keeps a program per flow."""
+    monkeypatch.delenv("BPTT_TINY_STEPS")  # the suite's own setting (conftest.py)
+    wide = here("bptt-run", definition(tmp_path), "--dry-run", capsys=capsys, cwd=tmp_path)
+    assert wide.returncode == 0 and "1 program(s)" in wide.stdout and "grouping wide" in wide.stdout, (
+        wide.stdout
+    )
+    narrow = here(
+        "bptt-run", definition(tmp_path), "--dry-run", "--grouping", "narrow", capsys=capsys, cwd=tmp_path
+    )
+    assert narrow.returncode == 0 and "2 program(s)" in narrow.stdout, narrow.stdout
+
+
 def test_problem_option_from_the_command_line(tmp_path, capsys):
     """``--option init_scale=0.1`` gives LQR's seeds gains of their own (docs/model.md §12's K = 0 makes
     them identical); the option is part of the runs' identity, so both grids share a folder."""

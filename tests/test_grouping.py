@@ -115,7 +115,9 @@ def test_plan_groups_by_device_layout(specs):
     assert not plan.plan(no_c, WIDE, problems.get)[0].pair
 
 
-def test_auto_lays_a_cpu_grid_out_wide_only_where_compiling_is_its_time():
+def test_auto_lays_a_cpu_grid_out_wide_only_where_compiling_is_its_time(monkeypatch):
+    monkeypatch.delenv("BPTT_TINY_STEPS")  # the suite's own setting (conftest.py)
+
     def layout(platform, steps):
         p = devices.profile(platform, "auto", steps)
         return (p.merge_flows, p.pad_levels)

@@ -89,7 +89,12 @@ PROFILES = {
 # then costs more than training. `bptt-run cartpole --scale smoke` (4 epochs of 4 steps, eight
 # programs narrow, one wide) took 113 s narrow and 58 s wide on the loaded 2-core machine; a
 # narrow cart-pole program compiles in 5-10 s, about what 500 of its steps cost to train.
+# BPTT_TINY_STEPS overrides it (the test suite sets 0: its tiny grids keep the CPU layout).
 TINY_STEPS = 256
+
+
+def tiny_steps() -> int:
+    return int(os.environ.get("BPTT_TINY_STEPS", TINY_STEPS))
 
 
 def profile(platform: str, grouping: str = "auto", steps: int | None = None) -> Profile:
@@ -106,7 +111,7 @@ def profile(platform: str, grouping: str = "auto", steps: int | None = None) -> 
         raise ValueError(f"unknown grouping {grouping!r}; allowed: {', '.join(GROUPINGS)}")
     base = PROFILES["cpu" if platform == "cpu" else "gpu"]
     base = replace(base, platform=platform)
-    if grouping == "auto" and platform == "cpu" and steps is not None and steps <= TINY_STEPS:
+    if grouping == "auto" and platform == "cpu" and steps is not None and steps <= tiny_steps():
         grouping = "wide"
     if grouping != "auto":
         wide = grouping == "wide"
