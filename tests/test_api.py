@@ -80,6 +80,7 @@ def test_a_pool_of_workers_from_python(trained, tmp_path):
         ("nope", {}, "unknown experiment 'nope'; allowed:"),
         (GRID, {"device": "tpu"}, "unknown device 'tpu'; allowed: auto, cpu, gpu"),
         (GRID, {"workers": 0}, "invalid workers 0; allowed: a positive integer"),
+        (GRID, {"devices": 0}, "invalid device count 0; allowed: a positive integer"),
         (GRID, {"grouping": "tall"}, "unknown grouping 'tall'; allowed: auto, narrow, wide"),
     ],
 )
@@ -87,6 +88,16 @@ def test_bad_input_is_one_line_and_writes_nothing(definition, options, message, 
     with pytest.raises(bptt_cli.UserError, match="^" + message.replace("(", r"\(")) as err:
         bptt_cli.run(definition, out=tmp_path / "out", **options)
     assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_device_count_in_the_environment(tmp_path, monkeypatch):
+    """Refused before anything imports jax (whose import fails on it)."""
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "abc")
+    with pytest.raises(
+        bptt_cli.UserError, match=r"^invalid JAX_NUM_CPU_DEVICES 'abc'; allowed: a positive integer"
+    ):
+        bptt_cli.run(GRID, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

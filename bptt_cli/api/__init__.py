@@ -41,6 +41,7 @@ __all__ = [
     "UserError",
     "WorkerError",
     "check",
+    "check_devices",
     "grid",
     "load",
     "n_workers",
@@ -106,6 +107,16 @@ def place(
     reads them once); workers are fresh processes."""
     try:
         return policy.configure(device, devices, target=target, rows=the_grid.rows if the_grid else None)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def check_devices(devices: int | None = None) -> None:
+    """The device count asked for and those in the environment (``JAX_NUM_CPU_DEVICES``, a count
+    in ``XLA_FLAGS``), refused before anything imports jax: it reads them once, and a bad one
+    makes its import fail."""
+    try:
+        policy.cpu_devices(os.environ, policy.usable_cores(), devices)
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -286,6 +297,7 @@ def run(
     if grouping.lower() not in policy.GROUPINGS:
         raise UserError(f"unknown grouping {grouping!r}; allowed: {', '.join(policy.GROUPINGS)}")
     _check_workers(workers)
+    check_devices(devices)
     the_grid = grid(
         definition,
         scale,

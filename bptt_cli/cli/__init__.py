@@ -205,6 +205,7 @@ def run(
             "missing experiment; give a built-in name (see bptt-run --list) or a path to a .toml file"
         )
 
+    api.check_devices(devices_count)  # before anything imports jax
     _logging_and_cache(out, tensorboard, wandb, compile_cache)
     exp = config.load(experiment)
     if exp.problem == "toy":
