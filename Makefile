@@ -42,7 +42,7 @@ install: $(STAMP)  ## the package and its test tools into .venv (CUDA jax with a
 # The suite on two processes, a test file to each. Tests marked `slow` (end-to-end runs of several
 # commands, the previous release's metrics) are left out of `make test` and run by `make test-slow`,
 # a step of .ci/run of its own; `make test-all` runs both at once.
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
 test: install  ## the fast suite, without the tests marked slow (about 5 min on 2 cores)
 	$(PYTEST) -m "not slow"
