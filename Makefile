@@ -151,7 +151,7 @@ CENSUS_OUT    ?= docs/data/quantum-census
 CENSUS_BLOCKS ?= 42 45 48 51
 census: install  ## the quantum census at n = 4 (12 seeds, 300 epochs), resuming from docs/data/quantum-census
 	for s in $(CENSUS_BLOCKS); do $(BIN)/bptt-run quantum --scale paper --level 4 --clip NORM \
-	  --seed $$s --seeds 3 --epochs 300 --out $(CENSUS_OUT) || exit $$?; done
+	  --seed $$s --seeds 3 --epochs 300 --devices 1 --out $(CENSUS_OUT) || exit $$?; done
 	$(BIN)/bptt-plot $(CENSUS_OUT) --publish $(CENSUS_OUT)
 	$(MAKE) --no-print-directory figures
 
