@@ -36,8 +36,8 @@ DEFAULT_RELEASE = "0.2.0"
 # name -> (bptt-run arguments, (short, long) epochs). One seed, clip NONE and default options,
 # as a user's first command; one many-row grid to check that the every-core speed-ups stay.
 CASES = {
-    "quantum n=3 R, 1 row": ("quantum -l 3 -f R -c NONE --seeds 1", (2, 12)),
-    "quantum n=3 C, 1 row": ("quantum -l 3 -f C -c NONE --seeds 1", (2, 10)),
+    "quantum n=3 R, 1 row": ("quantum -l 3 -f R -c NONE --seeds 1", (2, 24)),
+    "quantum n=3 C, 1 row": ("quantum -l 3 -f C -c NONE --seeds 1", (2, 20)),
     "cartpole 2 poles R, 1 row": ("cartpole -l 2 -f R -c NONE --seeds 1", (2, 60)),
     "cartpole 2 poles C, 1 row": ("cartpole -l 2 -f C -c NONE --seeds 1", (2, 50)),
     "guidance rc=0.1 C, 1 row": ("guidance -l 0.1 -f C -c NONE --seeds 1", (2, 40)),
