@@ -134,10 +134,10 @@ def run(
         typer.Option(
             "--devices",
             metavar="N",
-            help="jax CPU devices to spread a program's rows over, up to one per row [default: two per "
-            "core this process may use, of which each program takes those that split its rows "
-            "best (9 rows on 2 cores: 3 devices); one on one core; JAX_NUM_CPU_DEVICES or "
-            "XLA_FLAGS win].",
+            help="jax CPU devices to spread a program's rows over, up to one per row [default: as "
+            "many as split the grid's rows best over the cores this process may use, at most two "
+            "per core (9 rows on 2 cores: 3 devices; 1 row: 1); JAX_NUM_CPU_DEVICES or XLA_FLAGS "
+            "win].",
         ),
     ] = None,
     shard: Annotated[
