@@ -33,6 +33,10 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_compilation_cache_dir", str(CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# Start jax's CPU backend now, with one device: a command run in process (clitools.here) would
+# otherwise give the whole test process the device count its own grid asks for, whichever test
+# happens to start jax first. Tests that need several devices start bptt-run as a process.
+jax.devices()
 
 
 @pytest.fixture
