@@ -238,8 +238,9 @@ class Placement:
 
     Attributes:
       count, why: its jax CPU device count and why that many (``cpu_devices``).
-      fit: the count is ours (two per core), so each program takes the devices that split its
-        rows best (``Profile.fit_cores``); an explicit count is used as given.
+      fit: the count is ours (those the grid's rows use, at most two per core), so each program
+        takes the devices that split its rows best (``Profile.fit_cores``); an explicit count is
+        used as given.
       target: a GPU compiled for without one (``--target``), or None: programs are then laid
         out for a GPU while jax computes on the CPU.
     """
