@@ -180,6 +180,118 @@ def paired(frame: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["experiment", "level", "flow", "clip"], key=_figure_order, ignore_index=True)
 
 
+VARIANT_COLUMNS = [
+    "experiment",
+    "level_key",
+    "level",
+    "flow",
+    "clip",
+    "optimizer",
+    "precision",
+    "n_pairs",
+    "n_lower",
+    "n_ties",
+    "median_ratio",
+    "p_value",
+    "threshold",
+    "n_below",
+    "n_below_default",
+    "n_changed",
+]
+DEFAULT_VARIANT = {"optimizer": "adam", "precision": "float32"}
+
+
+def variants(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.DataFrame:
+    """Each configuration trained with another optimizer or precision, compared seed by seed
+    with the same flow trained the default way (Keras' Adam, float32) on the same seeds.
+
+    Columns as in :func:`paired` (``flow`` of the variant against ``flow`` by default), and where
+    the definition has a threshold: ``n_below`` and ``n_below_default``, the paired seeds ending
+    below it each way, and ``n_changed``, the seeds that end on the other side of it (in either
+    direction): with a landscape of basins, how many seeds the change moved into another basin.
+    """
+    from scipy.stats import binomtest
+
+    frame = as_released(frame)
+    last = frame[frame["epoch"] == frame.groupby(["run_id"])["epoch"].transform("max")]
+    config = ["experiment", "level_key", "level", "flow", "clip"]
+    finals = last.pivot_table(
+        index=[*config, "seed"], columns=["optimizer", "precision"], values="test_loss", aggfunc="first"
+    )
+    threshold_of = last.groupby([*config, "optimizer", "precision"])["run_id"].first().map(thresholds)
+    default = tuple(DEFAULT_VARIANT.values())
+    rows = []
+    for key, table in finals.groupby(level=list(range(len(config))), sort=True):
+        if default not in table.columns or table[default].isna().all():
+            continue
+        for variant in table.columns:
+            if variant == default or table[variant].isna().all():
+                continue
+            both = table[[variant, default]].dropna()
+            a, b = both[variant].to_numpy(float), both[default].to_numpy(float)
+            lower, higher = int(np.sum(a < b)), int(np.sum(a > b))
+            with np.errstate(all="ignore"):
+                ratios = a / b
+            ratios = ratios[~np.isnan(ratios)]
+            threshold = threshold_of.get((*key, *variant))
+            counted = threshold is not None and not pd.isna(threshold)
+            rows.append(
+                {
+                    **dict(zip(config, key, strict=True)),
+                    **dict(zip(DEFAULT_VARIANT, variant, strict=True)),
+                    "n_pairs": len(both),
+                    "n_lower": lower,
+                    "n_ties": len(both) - lower - higher,
+                    "median_ratio": float(np.median(ratios)) if len(ratios) else float("nan"),
+                    "p_value": binomtest(lower, lower + higher).pvalue if lower + higher else float("nan"),
+                    "threshold": threshold if counted else float("nan"),
+                    "n_below": int(np.sum(a < threshold)) if counted else None,
+                    "n_below_default": int(np.sum(b < threshold)) if counted else None,
+                    "n_changed": int(np.sum((a < threshold) != (b < threshold))) if counted else None,
+                }
+            )
+    table = pd.DataFrame(rows, columns=VARIANT_COLUMNS)
+    for column in ("n_below", "n_below_default", "n_changed"):
+        table[column] = table[column].astype("Int64")
+    return table.sort_values(["experiment", "level", "flow", "clip"], key=_figure_order, ignore_index=True)
+
+
+def variants_markdown(table: pd.DataFrame) -> str:
+    """The comparisons with the default optimizer and precision as a Markdown table."""
+    if table.empty:
+        return ""
+    header = [
+        "experiment",
+        "level",
+        "flow",
+        "clip",
+        "trained with",
+        "lower in",
+        "median ratio",
+        "p (sign test)",
+        "below threshold",
+        "changed side",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.itertuples(index=False):
+        changed = [c for c, d in DEFAULT_VARIANT.items() if getattr(row, c) != d]
+        counted = not pd.isna(row.n_below)
+        cells = [
+            row.experiment,
+            f"{row.level_key}={row.level}",
+            row.flow,
+            row.clip,
+            ", ".join(str(getattr(row, c)) for c in changed),
+            f"{row.n_lower} of {row.n_pairs}" + (f" ({row.n_ties} tied)" if row.n_ties else ""),
+            f"{row.median_ratio:.3g}",
+            "-" if pd.isna(row.p_value) else f"{row.p_value:.3g}",
+            f"{row.n_below} against {row.n_below_default} (< {row.threshold:g})" if counted else "-",
+            f"{row.n_changed} of {row.n_pairs}" if counted else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def smallest_p(n: int) -> float:
     """The smallest two-sided p-value the sign test can give with ``n`` untied pairs."""
     return min(1.0, 2.0 * 0.5**n) if n else 1.0
@@ -306,11 +418,14 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def write(frame: pd.DataFrame, metas: dict[str, dict], out_dir: Path) -> list[Path]:
-    """Write ``summary.csv``, ``paired.csv`` and ``summary.md`` (the outcome table, then the
-    paired comparisons) into ``out_dir``; returns their paths."""
+    """Write ``summary.csv``, ``paired.csv``, ``variants.csv`` (where some configuration was
+    trained with another optimizer or precision too) and ``summary.md`` (the outcome table, the
+    paired comparisons, then the variants against the default) into ``out_dir``; returns their
+    paths."""
     thresholds = {run_id: meta.get("config", {}).get("threshold") for run_id, meta in metas.items()}
-    table, pairs = summarize(frame, thresholds), paired(frame)
+    table, pairs, others = summarize(frame, thresholds), paired(frame), variants(frame, thresholds)
     csv_path, pairs_path, md_path = out_dir / "summary.csv", out_dir / "paired.csv", out_dir / "summary.md"
+    variants_path = out_dir / "variants.csv"
     results.write_csv(csv_path, table)
     results.write_csv(pairs_path, pairs)
     text = to_markdown(table)
@@ -319,5 +434,13 @@ def write(frame: pd.DataFrame, metas: dict[str, dict], out_dir: Path) -> list[Pa
             "\nPaired by seed (final test loss; every flow against R, C against M):\n\n"
             + paired_markdown(pairs)
         )
+    written = [csv_path, pairs_path, md_path]
+    if not others.empty:
+        results.write_csv(variants_path, others)
+        written.insert(2, variants_path)
+        text += (
+            "\nAgainst the default optimizer and precision (Keras' Adam, float32), same flow, "
+            "seed by seed (final test loss):\n\n" + variants_markdown(others)
+        )
     results.write_atomic(md_path, text.encode())
-    return [csv_path, pairs_path, md_path]
+    return written

@@ -195,3 +195,45 @@ def test_runs_of_one_configuration_in_blocks_of_seeds_are_drawn_as_one():
 def test_a_diverged_seed_smooths_to_inf_where_its_window_holds_the_divergence():
     out = curves.smooth(np.array([1.0, 2.0, np.inf, np.inf]), window=2)
     np.testing.assert_array_equal(out, [1.0, 1.5, np.inf, np.inf])
+
+
+def test_a_variant_is_compared_seed_by_seed_with_the_default_and_basin_changes_counted():
+    """C in float64 and C with another optimizer against C with Keras' Adam in float32, on the
+    same seeds: which seeds end lower, and which end on the other side of the threshold."""
+    default = census({"C": [20.0, 90.0, 95.0, 30.0, 92.0]})
+    wider = census({"C": [25.0, 20.0, 94.0, 93.0, 91.0]}).assign(precision="float64", run_id="q-C-64")
+    optax = census({"C": [10.0, 80.0]}).assign(optimizer="adam-optax", run_id="q-C-optax")
+    frame = pd.concat([default, wider, optax], ignore_index=True)
+    thresholds = {"q-C": 40.0, "q-C-64": 40.0, "q-C-optax": 40.0}
+    table = summary.variants(frame, thresholds).set_index(["optimizer", "precision"])
+    assert list(table.index) == [("adam", "float64"), ("adam-optax", "float32")]
+    f64 = table.loc[("adam", "float64")]
+    # Lower on seeds 1, 2, 4; seeds 1 (90 -> 20) and 3 (30 -> 93) cross 40 in opposite directions.
+    assert (f64["n_pairs"], f64["n_lower"], f64["n_ties"]) == (5, 3, 0)
+    assert (f64["n_below"], f64["n_below_default"], f64["n_changed"]) == (2, 2, 2)
+    assert f64["median_ratio"] == pytest.approx(94.0 / 95.0)
+    assert f64["p_value"] == pytest.approx(1.0)
+    optax_row = table.loc[("adam-optax", "float32")]
+    assert (optax_row["n_pairs"], optax_row["n_lower"], optax_row["n_changed"]) == (2, 2, 0)
+    text = summary.variants_markdown(summary.variants(frame, thresholds))
+    assert (
+        "| q | target_state=4 | C | NORM | float64 | 3 of 5 | 0.989 | 1 | 2 against 2 (< 40) | 2 of 5 |"
+        in text
+    )
+    assert "| adam-optax | 2 of 2 |" in text
+    assert summary.variants(default, thresholds).empty  # nothing but the default: no table
+
+
+def test_the_summary_files_hold_the_variants_only_where_there_are_some(tmp_path):
+    default = census({"C": [20.0, 90.0]})
+    summary.write(default, {"q-C": {"config": {"threshold": 40.0}}}, tmp_path)
+    assert (
+        not (tmp_path / "variants.csv").exists()
+        and "default optimizer" not in (tmp_path / "summary.md").read_text()
+    )
+    wider = census({"C": [95.0, 91.0]}).assign(precision="float64", run_id="q-C-64")
+    metas = {"q-C": {"config": {"threshold": 40.0}}, "q-C-64": {"config": {"threshold": 40.0}}}
+    summary.write(pd.concat([default, wider]), metas, tmp_path)
+    written = pd.read_csv(tmp_path / "variants.csv")
+    assert written.loc[0, "precision"] == "float64" and written.loc[0, "n_changed"] == 1
+    assert "Against the default optimizer and precision" in (tmp_path / "summary.md").read_text()
