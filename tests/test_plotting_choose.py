@@ -77,3 +77,30 @@ def test_candidates_of_a_long_frame():
         "a": Candidate("a", "R", "NORM", epochs=3, seeds=2),
         "b": Candidate("b", "C", "NORM", epochs=5, seeds=1),
     }
+
+
+def test_a_run_trained_the_default_way_is_shown_before_another_optimizer_or_precision():
+    """A figure that names only flow and clip shows Keras' Adam in float32, even where a run of
+    another optimizer or precision has more epochs or the smaller key."""
+    candidates = [
+        Candidate("a-optax", "C", "NORM", 20, 3, default=False),
+        Candidate("b-adam", "C", "NORM", 10, 3),
+        Candidate("c-value", "C", "VALUE", 10, 3),
+    ]
+    assert ranked(candidates) == ["b-adam", "a-optax", "c-value"]
+    frame = pd.DataFrame(
+        [
+            {"run_id": run_id, "flow": "C", "clip": "NORM", "seed": 0, "epoch": 1, **variant}
+            for run_id, variant in (
+                ("a", {"optimizer": "adam-optax", "precision": "float32"}),
+                ("b", {"optimizer": "adam", "precision": "float64"}),
+                ("c", {"optimizer": None, "precision": None}),  # files of earlier releases
+            )
+        ]
+    )
+    assert {k: c.default for k, c in choose.candidates_of(frame).items()} == {
+        "a": False,
+        "b": False,
+        "c": True,
+    }
+    assert choose.is_default({"optimizer": "adam"}) and not choose.is_default({"precision": "float64"})

@@ -237,3 +237,56 @@ def test_the_summary_files_hold_the_variants_only_where_there_are_some(tmp_path)
     written = pd.read_csv(tmp_path / "variants.csv")
     assert written.loc[0, "precision"] == "float64" and written.loc[0, "n_changed"] == 1
     assert "Against the default optimizer and precision" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_run_of_another_optimizer_or_precision_is_its_own_curve_in_its_flows_colour():
+    import matplotlib.pyplot as plt
+
+    frame = pd.concat(
+        [
+            census({"C": [1.0, 2.0], "R": [3.0, 4.0]}),
+            census({"C": [5.0, 6.0]}).assign(optimizer="adam-optax", run_id="q-C-optax"),
+            census({"C": [7.0, 8.0]}).assign(precision="float64", run_id="q-C-64"),
+        ],
+        ignore_index=True,
+    )
+    rows = curves._ordered(summary.as_released(frame))
+    fig, ax = plt.subplots()
+    styles = []  # as asked for: matplotlib names a custom dash pattern "--" when asked back
+    plot = ax.plot
+    ax.plot = lambda *a, **k: styles.append(k["linestyle"]) or plot(*a, **k)
+    curves._draw(ax, rows, "test_loss", ["R", "C"])
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    plt.close(fig)
+    assert list(lines) == ["R NORM", "C NORM", "C NORM adam-optax", "C NORM float64"]
+    assert styles[0] == styles[1] == "--"  # clip NORM's
+    assert len({str(style) for style in styles[1:]}) == 3 and not set(map(str, styles[2:])) & {"-", "--", ":"}
+    assert lines["C NORM"].get_color() == lines["C NORM float64"].get_color() != lines["R NORM"].get_color()
+    own = curves.band(rows[rows["run_id"] == "q-C-optax"], "test_loss")[2]  # its own seeds only
+    np.testing.assert_array_equal(lines["C NORM adam-optax"].get_ydata(), own)
+
+
+def test_against_draws_yours_over_the_published_runs_of_the_same_optimizer_and_precision(tmp_path):
+    import matplotlib
+
+    from bptt_cli.plotting import against
+
+    published = pd.concat(
+        [
+            census({"C": [1.0, 2.0, 3.0]}),
+            census({"C": [9.0]}).assign(optimizer="adam-optax", run_id="q-C-optax"),
+        ]
+    ).assign(problem="quantum")
+    mine = census({"C": [8.0, 10.0]}).assign(optimizer="adam-optax", run_id="mine-optax")
+    table = against.compare(mine, published)
+    assert len(table) == 1 and table.loc[0, "n_published"] == 1 and table.loc[0, "verdict"] == "inside"
+    assert against.describe(table)[0].startswith("q target_state=4 C NORM adam-optax: at epoch 2")
+    seen = []
+    original = matplotlib.axes.Axes.plot
+    matplotlib.axes.Axes.plot = lambda self, *a, **k: seen.append(k) or original(self, *a, **k)
+    try:
+        against.plot_against(mine, published, tmp_path)
+    finally:
+        matplotlib.axes.Axes.plot = original
+    assert sum(k.get("color") == "0.6" for k in seen) == 1  # the one published adam-optax seed
+    assert [k["label"] for k in seen if "label" in k] == ["C NORM adam-optax (yours)"]

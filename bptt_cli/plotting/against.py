@@ -19,6 +19,7 @@ import pandas as pd
 
 from bptt_cli import summary
 from bptt_cli.plotting import save_figure
+from bptt_cli.plotting.choose import DEFAULTS
 from bptt_cli.plotting.curves import (
     band,
     flow_colour,
@@ -30,7 +31,17 @@ from bptt_cli.plotting.curves import (
 )
 
 MATCH = ["experiment", "level_key", "level", "flow", "clip", "optimizer", "precision"]
-COLUMNS = [*MATCH, "epoch", "n_mine", "n_published", "mine_median", "published_low", "published_high", "verdict"]
+CURVE = ["flow", "clip", "optimizer", "precision"]  # one curve of yours over the same published runs
+COLUMNS = [
+    *MATCH,
+    "epoch",
+    "n_mine",
+    "n_published",
+    "mine_median",
+    "published_low",
+    "published_high",
+    "verdict",
+]
 
 
 def compare(mine: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
@@ -65,7 +76,9 @@ def compare(mine: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
 def describe(table: pd.DataFrame) -> list[str]:
     """One line per compared configuration, for the terminal."""
     return [
-        f"{row.experiment} {row.level_key}={row.level} {row.flow} {row.clip}: at epoch {row.epoch} your median "
+        f"{row.experiment} {row.level_key}={row.level} {row.flow} {row.clip}"
+        + "".join(f" {getattr(row, c)}" for c in DEFAULTS if getattr(row, c) != DEFAULTS[c])
+        + f": at epoch {row.epoch} your median "
         f"{row.mine_median:.4g} ({row.n_mine} seeds) is {row.verdict} the published spread "
         f"[{row.published_low:.4g}, {row.published_high:.4g}] of {row.n_published} seeds"
         for row in table.itertuples(index=False)
@@ -85,14 +98,22 @@ def plot_against(mine: pd.DataFrame, published: pd.DataFrame, out_dir: Path) -> 
         fig, axes = plt.subplots(1, len(levels), figsize=(5.0 * len(levels), 4.0), squeeze=False)
         flows = list(dict.fromkeys(own["flow"]))
         for ax, level in zip(axes.flat, levels, strict=True):
-            for (flow, clip), curve in own[own["level"] == level].groupby(["flow", "clip"], sort=False):
+            at_level = own[own["level"] == level]
+            for key, curve in at_level.groupby(CURVE, sort=False):
+                flow, clip = key[0], key[1]
                 colour = flow_colour(flow, flows)
-                reference = theirs[(theirs["level"] == level) & (theirs["flow"] == flow) & (theirs["clip"] == clip)]
+                same = (theirs["level"] == level) & (theirs[CURVE] == pd.Series(key, index=CURVE)).all(axis=1)
+                reference = theirs[same]
+                label = " ".join(
+                    [flow, clip, *(v for c, v in zip(CURVE[2:], key[2:], strict=True) if v != DEFAULTS[c])]
+                )
                 for _, seed in reference.groupby(["run_id", "seed"]):
                     seed = seed.sort_values("epoch")
-                    ax.plot(seed["epoch"], smooth(seed["test_loss"].to_numpy()), color="0.6", lw=0.6, alpha=0.7)
+                    ax.plot(
+                        seed["epoch"], smooth(seed["test_loss"].to_numpy()), color="0.6", lw=0.6, alpha=0.7
+                    )
                 epochs, q25, q50, q75 = band(curve, "test_loss")
-                ax.plot(epochs, q50, color=colour, lw=1.6, label=f"{flow} {clip} (yours)")
+                ax.plot(epochs, q50, color=colour, lw=1.6, label=f"{label} (yours)")
                 if curve["seed"].nunique() > 1:
                     ax.fill_between(epochs, q25, q75, color=colour, alpha=0.25, lw=0)
             ax.set_yscale("log")

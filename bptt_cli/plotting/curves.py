@@ -23,6 +23,10 @@ from bptt_cli.plotting import choose, save_figure
 # The built-in flows' colours, declared in the flow registry (figures of other flows call flow_colour).
 FLOW_COLOURS = {name: flow.colour for name, flow in FLOWS.items() if flow.colour}
 CLIP_STYLES = {"VALUE": "-", "NORM": "--", "NONE": ":"}  # also the order of the clips in the legend
+# A run trained another way than by default (another optimizer, float64) keeps its flow's colour
+# and takes a line style no clip mode uses.
+DEFAULTS = choose.DEFAULTS
+VARIANT_STYLES = {"optimizer": "-.", "precision": (0, (6, 1.5, 1, 1.5, 1, 1.5))}
 SMOOTHING = 30
 
 # Per problem: panel title for a level, y range (None: automatic), figure title, the column drawn.
@@ -173,24 +177,31 @@ def _plain_ticks(ax, narrow: bool) -> None:
 
 def _draw(ax, rows: pd.DataFrame, column: str, flows: list[str]) -> None:
     """One curve per flow and clip (and per optimizer and precision where those differ)."""
-    variants = [c for c in ("optimizer", "precision") if c in rows and rows[c].nunique() > 1]
+    variants = [c for c in DEFAULTS if c in rows and rows[c].nunique() > 1]
     for key, curve in rows.groupby(["flow", "clip", *variants], sort=False):
         flow, clip = key[0], key[1]
+        other = {c: v for c, v in zip(variants, key[2:], strict=True) if v != DEFAULTS[c]}
         epochs, q25, q50, q75 = band(curve, column)
         colour = flow_colour(flow, flows)
-        label = " ".join(map(str, key))
-        ax.plot(epochs, q50, color=colour, linestyle=CLIP_STYLES.get(clip, "-"), lw=1.4, label=label)
+        style = VARIANT_STYLES[next(iter(other))] if other else CLIP_STYLES.get(clip, "-")
+        label = " ".join([flow, clip, *map(str, other.values())])
+        ax.plot(epochs, q50, color=colour, linestyle=style, lw=1.4, label=label)
         if curve["seed"].nunique() > 1:
-            ax.fill_between(epochs, q25, q75, color=colour, alpha=0.18, lw=0)
+            ax.fill_between(epochs, q25, q75, color=colour, alpha=0.10 if other else 0.18, lw=0)
 
 
 def _ordered(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` in the order curves are drawn and listed: flows by :func:`flow_rank`, then clips
-    as in :data:`CLIP_STYLES`."""
+    as in :data:`CLIP_STYLES`, then the default optimizer and precision before any other."""
     flows = sorted(rows["flow"].unique(), key=flow_rank)
+    other = np.zeros(len(rows), bool)
+    for column, default in DEFAULTS.items():
+        if column in rows:
+            other |= (rows[column].fillna(default) != default).to_numpy()
     order = {
         "_flow": rows["flow"].map({flow: i for i, flow in enumerate(flows)}),
         "_clip": rows["clip"].map({clip: i for i, clip in enumerate(CLIP_STYLES)}).fillna(len(CLIP_STYLES)),
+        "_variant": other,
     }
     return rows.assign(**order).sort_values([*order, "seed", "epoch"]).drop(columns=list(order))
 
@@ -245,7 +256,10 @@ def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    counts = rows.groupby(["level", "flow", "clip"])["seed"].nunique()  # blocks of seeds: one curve
+    variants = [c for c in DEFAULTS if c in rows]
+    counts = rows.groupby(["level", "flow", "clip", *variants])[
+        "seed"
+    ].nunique()  # blocks of seeds: one curve
     seeds = str(counts.max()) if counts.min() == counts.max() else f"{counts.min()}–{counts.max()}"
     note = f"median over {seeds} seeds, band = interquartile range; " if counts.max() > 1 else "one seed; "
     fig.suptitle(f"{layout['title']} ({experiment})\n{note}moving average of {SMOOTHING} epochs", fontsize=11)

@@ -55,8 +55,9 @@ GIF_LAST_FRAME_MS = 1200
 
 @dataclass(frozen=True)
 class Trajectories:
-    """One ``.trajectories.npz``: arrays as stored, the parsed ``meta`` and the epochs its run
-    trained (as the run's sidecar states them; 0 without one)."""
+    """One ``.trajectories.npz``: arrays as stored, the parsed ``meta``, the epochs its run
+    trained (as the run's sidecar states them; 0 without one) and whether it was trained with
+    the default optimizer and precision (by its sidecar)."""
 
     path: Path
     xs: np.ndarray
@@ -64,6 +65,7 @@ class Trajectories:
     seeds: np.ndarray
     meta: dict[str, Any]
     epochs: int = 0
+    default: bool = True
 
     @property
     def n_seeds(self) -> int:
@@ -105,8 +107,9 @@ def read_trajectories(root: Path) -> list[Trajectories]:
             continue
         try:
             xs, us, seeds, meta = results.read_trajectories(path)
-            epochs = metas.get(str(meta.get("run_id")), {}).get("epochs_done", 0)
-            found.append(Trajectories(path, xs, us, seeds, meta, int(epochs)))
+            sidecar = metas.get(str(meta.get("run_id")), {})
+            default = choose.is_default(sidecar.get("config", {}))
+            found.append(Trajectories(path, xs, us, seeds, meta, int(sidecar.get("epochs_done", 0)), default))
         except (OSError, ValueError, KeyError) as error:  # JSONDecodeError is a ValueError
             results.warn(f"skipping {path}: not a readable trajectories file ({error})")
     return found
@@ -160,7 +163,9 @@ def choose_runs(records: list[Trajectories]) -> list[Trajectories]:
     level = hardest_level(problem, [str(r.meta.get("level")) for r in records])
     at_level = {str(r.path): r for r in records if str(r.meta.get("level")) == level}
     candidates = [
-        choose.Candidate(key, str(r.meta.get("flow")), str(r.meta.get("clip")), r.epochs, r.n_seeds)
+        choose.Candidate(
+            key, str(r.meta.get("flow")), str(r.meta.get("clip")), r.epochs, r.n_seeds, r.default
+        )
         for key, r in at_level.items()
     ]
     return [at_level[candidate.key] for candidate in choose.best_per_flow(candidates, SHOWN_FLOWS)]
