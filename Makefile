@@ -144,16 +144,21 @@ beyond: install  ## the experiments beyond the paper at full length (LQR, 2- and
 	$(BIN)/bptt-plot $(BEYOND_OUT)
 	for f in lqr lqr_diagnostics pendulum pendulum_diagnostics; do cp $(BEYOND_OUT)/figures/$$f.png docs/$${f}_paper.png; done
 
-# The quantum census: target n = 4, clip NORM, Keras' Adam, 300 epochs, flows R, M, C,
-# S, 12 seeds in blocks of 3 (each block a run, so that finished blocks can be committed). It
-# trains into its published data, docs/data/quantum-census, taking the runs published there as
-# complete: a census cut short continues where the committed data end. Then it publishes the new
-# runs and draws the figure from the published data alone.
+# The quantum census: target n = 4, clip NORM, Keras' Adam, 300 epochs, flows R, M, C, S, 12
+# seeds in blocks of 3 (each block a run, so that finished blocks can be committed), each block
+# on one jax CPU device; then its two follow-ups on the same seeds: C and R in float64 (does
+# rounding decide the basin?) and C with the previous Adam rule, adam-optax (does the
+# optimizer?). It trains into its published data, docs/data/quantum-census, taking the runs
+# published there as complete: a census cut short continues where the committed data end. Then
+# it publishes the new runs and draws the figure from the published data alone.
 CENSUS_OUT    ?= docs/data/quantum-census
 CENSUS_BLOCKS ?= 42 45 48 51
-census: install  ## the quantum census at n = 4 (12 seeds, 300 epochs), resuming from docs/data/quantum-census
-	for s in $(CENSUS_BLOCKS); do $(BIN)/bptt-run quantum --scale paper --level 4 --clip NORM \
-	  --seed $$s --seeds 3 --epochs 300 --devices 1 --out $(CENSUS_OUT) || exit $$?; done
+CENSUS_RUN     = $(BIN)/bptt-run quantum --scale paper --level 4 --clip NORM --seeds 3 --epochs 300 \
+                 --devices 1 --out $(CENSUS_OUT)
+census: install  ## the quantum census at n = 4 (12 seeds, 300 epochs, and its float64 and adam-optax follow-ups), resuming from docs/data/quantum-census
+	for s in $(CENSUS_BLOCKS); do $(CENSUS_RUN) --seed $$s || exit $$?; done
+	for s in $(CENSUS_BLOCKS); do $(CENSUS_RUN) --seed $$s --flow C --optimizer adam-optax || exit $$?; \
+	  $(CENSUS_RUN) --seed $$s --flow C --flow R --precision float64 || exit $$?; done
 	$(BIN)/bptt-plot $(CENSUS_OUT) --publish $(CENSUS_OUT)
 	$(MAKE) --no-print-directory figures
 
