@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from clitools import cli, env_for, metrics, start
 
 from bptt_cli.core import compile_cache
@@ -52,6 +53,7 @@ def test_off_turns_jax_cache_off(tmp_path):
     assert result.stdout.strip() == "False", result.stderr
 
 
+@pytest.mark.slow  # three processes compiling into and reading one cache, ~20 s (make test-slow, CI)
 def test_processes_share_compiled_programs_and_a_damaged_entry_is_compiled_again(tmp_path, jax_cache):
     """Two processes start at once on one empty cache and compile the same program (as two
     workers, or two SLURM tasks, of one grid would); a third reads it back; every entry of the

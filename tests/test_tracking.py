@@ -246,6 +246,7 @@ def wandb_records(path: Path):
             yield record
 
 
+@pytest.mark.slow  # a whole grid logged through wandb offline; the event files are checked above
 def test_wandb_offline_one_run_per_run_grouped_by_experiment(tmp_path, jax_cache):
     pytest.importorskip("wandb")  # in the dev extra: installed wherever the suite is
     path = definition(tmp_path, epochs=2, seeds=2, diagnostics=False)
