@@ -167,7 +167,8 @@ figures: install  ## the README's figures from the published data in docs/data/ 
 	$(BIN)/bptt-plot $(CENSUS_OUT) --out results/figures-census
 	for f in quantum; do cp results/figures-census/$$f.png docs/$${f}_census.png; done
 	if [ -d $(PAPER_NORM_DATA) ]; then $(BIN)/bptt-plot $(PAPER_NORM_DATA) --out results/figures-paper-norm && \
-	  for f in cartpole guidance; do cp results/figures-paper-norm/$$f.png docs/$${f}_paper_norm.png; done; fi
+	  for f in cartpole guidance; do [ ! -f results/figures-paper-norm/$$f.png ] || \
+	    cp results/figures-paper-norm/$$f.png docs/$${f}_paper_norm.png; done; fi
 
 quick: install  ## every experiment at the reduced `quick` scale (22 min on 2 CPU cores from a fresh clone, measured)
 	$(BIN)/bptt-run toy --out $(OUT)

@@ -35,7 +35,7 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*(?!\w)")
 COPY = re.compile(r"\bcp (\S+) (\S+)")
-FOR_COPY = re.compile(r"for f in ([\w ]+); do cp \S+ (\S+);")
+FOR_COPY = re.compile(r"for f in ([\w ]+); do (?:\[[^]]*\] \|\|\s*(?:\\\n\s*)?)?cp \S+ (\S+);")
 
 
 def fenced(text: str) -> list[tuple[str, str]]:
