@@ -143,7 +143,6 @@ def paired(frame: pd.DataFrame) -> pd.DataFrame:
     diverged) and ``p_value`` the exact two-sided sign test of ``n_lower`` among the untied
     pairs (scipy's binomial test).
     """
-    from scipy.stats import binomtest
 
     frame = as_released(frame)
     last = frame[frame["epoch"] == frame.groupby(["run_id"])["epoch"].transform("max")]
@@ -159,21 +158,12 @@ def paired(frame: pd.DataFrame) -> pd.DataFrame:
         pairs += [(f, a) for f, a in kept.items() if a in flows and a != "R"]
         for flow, against in pairs:
             both = table[[flow, against]].dropna()
-            a, b = both[flow].to_numpy(float), both[against].to_numpy(float)
-            lower, higher = int(np.sum(a < b)), int(np.sum(a > b))
-            with np.errstate(all="ignore"):
-                ratios = a / b
-            ratios = ratios[~np.isnan(ratios)]
             rows.append(
                 {
                     **dict(zip(PAIR_GROUP, key, strict=True)),
                     "flow": flow,
                     "against": against,
-                    "n_pairs": len(both),
-                    "n_lower": lower,
-                    "n_ties": len(both) - lower - higher,
-                    "median_ratio": float(np.median(ratios)) if len(ratios) else float("nan"),
-                    "p_value": binomtest(lower, lower + higher).pvalue if lower + higher else float("nan"),
+                    **_sign_test(both[flow].to_numpy(float), both[against].to_numpy(float)),
                 }
             )
     table = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
@@ -210,7 +200,6 @@ def variants(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Dat
     below it each way, and ``n_changed``, the seeds that end on the other side of it (in either
     direction): with a landscape of basins, how many seeds the change moved into another basin.
     """
-    from scipy.stats import binomtest
 
     frame = as_released(frame)
     last = frame[frame["epoch"] == frame.groupby(["run_id"])["epoch"].transform("max")]
@@ -229,21 +218,13 @@ def variants(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Dat
                 continue
             both = table[[variant, default]].dropna()
             a, b = both[variant].to_numpy(float), both[default].to_numpy(float)
-            lower, higher = int(np.sum(a < b)), int(np.sum(a > b))
-            with np.errstate(all="ignore"):
-                ratios = a / b
-            ratios = ratios[~np.isnan(ratios)]
             threshold = threshold_of.get((*key, *variant))
             counted = threshold is not None and not pd.isna(threshold)
             rows.append(
                 {
                     **dict(zip(config, key, strict=True)),
                     **dict(zip(DEFAULT_VARIANT, variant, strict=True)),
-                    "n_pairs": len(both),
-                    "n_lower": lower,
-                    "n_ties": len(both) - lower - higher,
-                    "median_ratio": float(np.median(ratios)) if len(ratios) else float("nan"),
-                    "p_value": binomtest(lower, lower + higher).pvalue if lower + higher else float("nan"),
+                    **_sign_test(a, b),
                     "threshold": threshold if counted else float("nan"),
                     "n_below": int(np.sum(a < threshold)) if counted else None,
                     "n_below_default": int(np.sum(b < threshold)) if counted else None,
@@ -290,6 +271,25 @@ def variants_markdown(table: pd.DataFrame) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _sign_test(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Paired final losses ``a`` against ``b``: pairs, where ``a`` is lower, ties, the median
+    per-pair ratio (pairs where both diverged left out) and the exact two-sided sign test of
+    the lower count among the untied pairs."""
+    from scipy.stats import binomtest
+
+    lower, higher = int(np.sum(a < b)), int(np.sum(a > b))
+    with np.errstate(all="ignore"):
+        ratios = a / b
+    ratios = ratios[~np.isnan(ratios)]
+    return {
+        "n_pairs": len(a),
+        "n_lower": lower,
+        "n_ties": len(a) - lower - higher,
+        "median_ratio": float(np.median(ratios)) if len(ratios) else float("nan"),
+        "p_value": binomtest(lower, lower + higher).pvalue if lower + higher else float("nan"),
+    }
 
 
 def smallest_p(n: int) -> float:
