@@ -106,7 +106,7 @@ def as_released(frame: pd.DataFrame) -> pd.DataFrame:
     ``inf``: the released code's run died there (a NaN loss), so a diverged seed is never ranked
     by the value its frozen parameters keep giving."""
     frame = frame.copy()
-    for column, default in (("precision", "float32"), ("optimizer", "adam"), ("diverged", False)):
+    for column, default in (*results.TRAINED_BY_DEFAULT.items(), ("diverged", False)):
         frame[column] = frame[column].fillna(default) if column in frame else default
     dead = frame["diverged"].astype(bool).to_numpy()
     for column in LOSSES:
@@ -188,7 +188,6 @@ VARIANT_COLUMNS = [
     "n_below_default",
     "n_changed",
 ]
-DEFAULT_VARIANT = {"optimizer": "adam", "precision": "float32"}
 
 
 def variants(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.DataFrame:
@@ -208,7 +207,7 @@ def variants(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Dat
         index=[*config, "seed"], columns=["optimizer", "precision"], values="test_loss", aggfunc="first"
     )
     threshold_of = last.groupby([*config, "optimizer", "precision"])["run_id"].first().map(thresholds)
-    default = tuple(DEFAULT_VARIANT.values())
+    default = tuple(results.TRAINED_BY_DEFAULT.values())
     rows = []
     for key, table in finals.groupby(level=list(range(len(config))), sort=True):
         if default not in table.columns or table[default].isna().all():
@@ -223,7 +222,7 @@ def variants(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Dat
             rows.append(
                 {
                     **dict(zip(config, key, strict=True)),
-                    **dict(zip(DEFAULT_VARIANT, variant, strict=True)),
+                    **dict(zip(results.TRAINED_BY_DEFAULT, variant, strict=True)),
                     **_sign_test(a, b),
                     "threshold": threshold if counted else float("nan"),
                     "n_below": int(np.sum(a < threshold)) if counted else None,
@@ -255,7 +254,7 @@ def variants_markdown(table: pd.DataFrame) -> str:
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.itertuples(index=False):
-        changed = [c for c, d in DEFAULT_VARIANT.items() if getattr(row, c) != d]
+        changed = [c for c, d in results.TRAINED_BY_DEFAULT.items() if getattr(row, c) != d]
         counted = not pd.isna(row.n_below)
         cells = [
             row.experiment,

@@ -19,7 +19,6 @@ import pandas as pd
 
 from bptt_cli import summary
 from bptt_cli.plotting import save_figure
-from bptt_cli.plotting.choose import DEFAULTS
 from bptt_cli.plotting.curves import (
     band,
     flow_colour,
@@ -29,6 +28,7 @@ from bptt_cli.plotting.curves import (
     ordered_levels,
     smooth,
 )
+from bptt_cli.results import TRAINED_BY_DEFAULT
 
 MATCH = ["experiment", "level_key", "level", "flow", "clip", "optimizer", "precision"]
 CURVE = ["flow", "clip", "optimizer", "precision"]  # one curve of yours over the same published runs
@@ -77,7 +77,9 @@ def describe(table: pd.DataFrame) -> list[str]:
     """One line per compared configuration, for the terminal."""
     return [
         f"{row.experiment} {row.level_key}={row.level} {row.flow} {row.clip}"
-        + "".join(f" {getattr(row, c)}" for c in DEFAULTS if getattr(row, c) != DEFAULTS[c])
+        + "".join(
+            f" {getattr(row, c)}" for c in TRAINED_BY_DEFAULT if getattr(row, c) != TRAINED_BY_DEFAULT[c]
+        )
         + f": at epoch {row.epoch} your median "
         f"{row.mine_median:.4g} ({row.n_mine} seeds) is {row.verdict} the published spread "
         f"[{row.published_low:.4g}, {row.published_high:.4g}] of {row.n_published} seeds"
@@ -105,7 +107,11 @@ def plot_against(mine: pd.DataFrame, published: pd.DataFrame, out_dir: Path) -> 
                 same = (theirs["level"] == level) & (theirs[CURVE] == pd.Series(key, index=CURVE)).all(axis=1)
                 reference = theirs[same]
                 label = " ".join(
-                    [flow, clip, *(v for c, v in zip(CURVE[2:], key[2:], strict=True) if v != DEFAULTS[c])]
+                    [
+                        flow,
+                        clip,
+                        *(v for c, v in zip(CURVE[2:], key[2:], strict=True) if v != TRAINED_BY_DEFAULT[c]),
+                    ]
                 )
                 for _, seed in reference.groupby(["run_id", "seed"]):
                     seed = seed.sort_values("epoch")

@@ -24,8 +24,7 @@ import pandas as pd
 
 from bptt_cli.core.flow_names import flow_rank
 from bptt_cli.core.optim import clip_rank
-
-DEFAULTS = {"optimizer": "adam", "precision": "float32"}  # how a run is trained unless told
+from bptt_cli.results import TRAINED_BY_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def candidates_of(frame: pd.DataFrame) -> dict[str, Candidate]:
     run_id, flow, clip, seed, epoch; optimizer and precision where there are any): its last
     epoch, its number of seeds and whether it was trained the default way."""
     other = pd.Series(False, index=frame.index)
-    for column, value in DEFAULTS.items():
+    for column, value in TRAINED_BY_DEFAULT.items():
         if column in frame:
             other |= frame[column].fillna(value) != value
     runs = (
@@ -101,4 +100,4 @@ def candidates_of(frame: pd.DataFrame) -> dict[str, Candidate]:
 def is_default(config: dict) -> bool:
     """Whether a run's configuration (a sidecar's) was trained with the default optimizer and
     precision."""
-    return all(config.get(column, value) == value for column, value in DEFAULTS.items())
+    return all(config.get(column, value) == value for column, value in TRAINED_BY_DEFAULT.items())

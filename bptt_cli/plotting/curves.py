@@ -19,13 +19,13 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from bptt_cli.core.flow_names import FLOWS, flow_colour, flow_rank
 from bptt_cli.plotting import choose, save_figure
+from bptt_cli.results import TRAINED_BY_DEFAULT
 
 # The built-in flows' colours, declared in the flow registry (figures of other flows call flow_colour).
 FLOW_COLOURS = {name: flow.colour for name, flow in FLOWS.items() if flow.colour}
 CLIP_STYLES = {"VALUE": "-", "NORM": "--", "NONE": ":"}  # also the order of the clips in the legend
 # A run trained another way than by default (another optimizer, float64) keeps its flow's colour
 # and takes a line style no clip mode uses.
-DEFAULTS = choose.DEFAULTS
 VARIANT_STYLES = {"optimizer": "-.", "precision": (0, (6, 1.5, 1, 1.5, 1, 1.5))}
 SMOOTHING = 30
 
@@ -131,10 +131,7 @@ def latest_runs(frame: pd.DataFrame) -> pd.DataFrame:
     runs of the preferred length whose seeds are new join it (a census trained in blocks of
     seeds is drawn as one)."""
     frame = frame.assign(
-        **{
-            c: frame[c].fillna(d) if c in frame else d
-            for c, d in (("optimizer", "adam"), ("precision", "float32"))
-        }
+        **{c: frame[c].fillna(d) if c in frame else d for c, d in TRAINED_BY_DEFAULT.items()}
     )
     runs = choose.candidates_of(frame)
     seeds = frame.groupby("run_id")["seed"].unique()
@@ -177,10 +174,10 @@ def _plain_ticks(ax, narrow: bool) -> None:
 
 def _draw(ax, rows: pd.DataFrame, column: str, flows: list[str]) -> None:
     """One curve per flow and clip (and per optimizer and precision where those differ)."""
-    variants = [c for c in DEFAULTS if c in rows and rows[c].nunique() > 1]
+    variants = [c for c in TRAINED_BY_DEFAULT if c in rows and rows[c].nunique() > 1]
     for key, curve in rows.groupby(["flow", "clip", *variants], sort=False):
         flow, clip = key[0], key[1]
-        other = {c: v for c, v in zip(variants, key[2:], strict=True) if v != DEFAULTS[c]}
+        other = {c: v for c, v in zip(variants, key[2:], strict=True) if v != TRAINED_BY_DEFAULT[c]}
         epochs, q25, q50, q75 = band(curve, column)
         colour = flow_colour(flow, flows)
         style = VARIANT_STYLES[next(iter(other))] if other else CLIP_STYLES.get(clip, "-")
@@ -195,7 +192,7 @@ def _ordered(rows: pd.DataFrame) -> pd.DataFrame:
     as in :data:`CLIP_STYLES`, then the default optimizer and precision before any other."""
     flows = sorted(rows["flow"].unique(), key=flow_rank)
     other = np.zeros(len(rows), bool)
-    for column, default in DEFAULTS.items():
+    for column, default in TRAINED_BY_DEFAULT.items():
         if column in rows:
             other |= (rows[column].fillna(default) != default).to_numpy()
     order = {
@@ -256,7 +253,7 @@ def plot_experiment(experiment: str, rows: pd.DataFrame, out_dir: Path) -> list[
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    variants = [c for c in DEFAULTS if c in rows]
+    variants = [c for c in TRAINED_BY_DEFAULT if c in rows]
     counts = rows.groupby(["level", "flow", "clip", *variants])[
         "seed"
     ].nunique()  # blocks of seeds: one curve

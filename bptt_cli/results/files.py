@@ -38,6 +38,8 @@ CONFIG_COLUMNS = (
     "epoch",
 )
 RUN_CONFIG = CONFIG_COLUMNS[:-2]  # the run's own columns, before seed and epoch
+# How a run is trained unless told; also what the files of releases before these columns hold.
+TRAINED_BY_DEFAULT = {"optimizer": "adam", "precision": "float32"}
 DIAGNOSTIC_CONFIG = ("experiment", "run_id", "problem", "level_key", "level", "flow", "clip")
 FIGURES_DIR = "figures"
 
