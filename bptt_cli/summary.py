@@ -117,6 +117,13 @@ def as_released(frame: pd.DataFrame) -> pd.DataFrame:
 
 # --- paired comparisons --------------------------------------------------------------------
 
+
+def _final_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each run's rows at its last epoch, :func:`as_released`."""
+    frame = as_released(frame)
+    return frame[frame["epoch"] == frame.groupby("run_id")["epoch"].transform("max")]
+
+
 PAIR_GROUP = ["experiment", "level_key", "level", "clip", "optimizer", "precision"]
 PAIRED_COLUMNS = [
     *PAIR_GROUP,
@@ -144,8 +151,7 @@ def paired(frame: pd.DataFrame) -> pd.DataFrame:
     pairs (scipy's binomial test).
     """
 
-    frame = as_released(frame)
-    last = frame[frame["epoch"] == frame.groupby(["run_id"])["epoch"].transform("max")]
+    last = _final_rows(frame)
     finals = last.pivot_table(
         index=[*PAIR_GROUP, "seed"], columns="flow", values="test_loss", aggfunc="first"
     )
@@ -200,8 +206,7 @@ def variants(frame: pd.DataFrame, thresholds: dict[str, float | None]) -> pd.Dat
     direction): with a landscape of basins, how many seeds the change moved into another basin.
     """
 
-    frame = as_released(frame)
-    last = frame[frame["epoch"] == frame.groupby(["run_id"])["epoch"].transform("max")]
+    last = _final_rows(frame)
     config = ["experiment", "level_key", "level", "flow", "clip"]
     finals = last.pivot_table(
         index=[*config, "seed"], columns=["optimizer", "precision"], values="test_loss", aggfunc="first"
