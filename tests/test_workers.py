@@ -165,8 +165,8 @@ def test_folder_without_working_locks(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["bptt-run", str(grid(tmp_path, 2)), "--out", str(tmp_path / "out")])
     with (
         pytest.raises(SystemExit) as exit_info,
-        mock.patch.dict(os.environ),
-    ):  # what it sets for jax: restored
+        mock.patch.dict(os.environ),  # what it sets for jax: restored
+    ):
         bptt_cli_module.run_main()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
